@@ -37,9 +37,7 @@ def check_smoothing(smoothing: Any) -> float:
         try:
             value = float(smoothing)  # NumPy scalars, 0-d concrete arrays
         except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"smoothing must be a real number in [0, 1], got {smoothing!r}"
-            ) from exc
+            raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}") from exc
     else:
         value = float(smoothing)
     if math.isnan(value) or not 0.0 <= value <= 1.0:

@@ -88,8 +88,10 @@ def _xlogx(xp: ModuleType, u: Array | float) -> Array | float:
     return xp.where(u > 0, u * xp.log(xp.where(u > 0, u, 1.0)), 0.0)
 
 
-def _safe_divide(xp: ModuleType, num: Array, den: Array, at_zero: float) -> Array:
+def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero: float) -> Array | float:
     """num / den, with ``at_zero`` where den == 0 (and no floating-point warning)."""
+    if isinstance(den, float):
+        return num / den if den != 0 else num * 0.0 + at_zero
     nonzero = den != 0
     return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), at_zero)
 
@@ -296,10 +298,8 @@ def _evaluate(
         if kl:
             row = row + w_y * _xlogx(xp, a_n + b_n) + _xlogx(xp, b_n) * (s_w_n - w_y)
         row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
-        if w is None:
-            total_weight = xp.sum(xp.astype(valid, dt))
-        else:
-            total_weight = xp.sum(xp.where(valid, w_y, 0.0))
+        # the "mean" denominator: sum of w[y] over non-ignored positions
+        total_weight = xp.sum(xp.astype(valid, dt) if w is None else xp.where(valid, w_y, 0.0))
 
     loss = None
     if want_loss:
@@ -431,10 +431,20 @@ def loss_and_grad(
     {shared}
     """
     loss, grad = _evaluate(
-        logits, target, smoothing, reduction=reduction, weight=weight,
-        ignore_index=ignore_index, axis=axis, convention=convention, where=where,
-        log_probs=log_probs, kl=False, want_loss=True, want_grad=True,
-    )  # fmt: skip
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        kl=False,
+        want_loss=True,
+        want_grad=True,
+    )
     return loss, grad
 
 
@@ -471,10 +481,20 @@ def cross_entropy(
     {shared}
     """
     loss, _ = _evaluate(
-        logits, target, smoothing, reduction=reduction, weight=weight,
-        ignore_index=ignore_index, axis=axis, convention=convention, where=where,
-        log_probs=log_probs, kl=False, want_loss=True, want_grad=False,
-    )  # fmt: skip
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        kl=False,
+        want_loss=True,
+        want_grad=False,
+    )
     return loss
 
 
@@ -501,10 +521,20 @@ def cross_entropy_grad(
     {shared}
     """
     _, grad = _evaluate(
-        logits, target, smoothing, reduction=reduction, weight=weight,
-        ignore_index=ignore_index, axis=axis, convention=convention, where=where,
-        log_probs=log_probs, kl=False, want_loss=False, want_grad=True,
-    )  # fmt: skip
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        kl=False,
+        want_loss=False,
+        want_grad=True,
+    )
     return grad
 
 
@@ -536,10 +566,20 @@ def kl_divergence(
     {shared}
     """
     loss, _ = _evaluate(
-        logits, target, smoothing, reduction=reduction, weight=weight,
-        ignore_index=ignore_index, axis=axis, convention=convention, where=where,
-        log_probs=log_probs, kl=True, want_loss=True, want_grad=False,
-    )  # fmt: skip
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        kl=True,
+        want_loss=True,
+        want_grad=False,
+    )
     return loss
 
 

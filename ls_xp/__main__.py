@@ -1,0 +1,7 @@
+"""``python -m ls_xp`` runs the ``ls-xp`` command line."""
+
+import sys
+
+from ls_xp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Test fixtures: every installed backend and device, as ``xb``; dtypes as ``fdtype``.
+
+Backends that are not installed, and devices this machine lacks (CUDA, GPU), appear as
+skipped parameters with the reason. ``--backend NAME`` (repeatable) selects backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ls_xp import _backends
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=None,
+        choices=list(_backends.BACKEND_NAMES),
+        help="run only this backend (repeatable); default: every installed one",
+    )
+
+
+@dataclass(frozen=True)
+class XB:
+    """A backend on a device, with helpers to move NumPy data in and out."""
+
+    target: _backends.Target
+
+    @property
+    def xp(self) -> Any:
+        return self.target.xp
+
+    @property
+    def name(self) -> str:
+        return self.target.backend
+
+    @property
+    def device(self) -> Any:
+        return self.target.device
+
+    @property
+    def eager(self) -> bool:
+        """Values can be read (so bad values raise instead of giving NaN)."""
+        return self.name != "dask"
+
+    def dtype(self, name: str) -> Any:
+        return self.target.dtypes[name]
+
+    def asarray(self, a: Any, dtype: str | None = None) -> Any:
+        a = np.asarray(a)
+        if dtype is None and a.dtype.kind == "f":
+            dtype = str(a.dtype)
+        if dtype is not None:
+            return self.xp.asarray(a.astype(np.float64), dtype=self.dtype(dtype), device=self.device)
+        if a.dtype.kind == "b":
+            return self.xp.asarray(a, device=self.device)
+        return self.xp.asarray(a.astype(np.int64), device=self.device)
+
+    def np(self, x: Any) -> np.ndarray:
+        return np.asarray(self.target.to_numpy(x), dtype=np.float64)
+
+    def __str__(self) -> str:
+        return self.target.label
+
+
+@cache
+def _discovered(selected: tuple[str, ...] | None) -> list[Any]:
+    params = []
+    for t in _backends.discover(list(selected) if selected else None):
+        if isinstance(t, _backends.Unavailable):
+            params.append(pytest.param(None, id=t.label, marks=pytest.mark.skip(reason=t.reason)))
+        elif t.backend == "array_api_strict" and t.device_label == "device2":
+            continue  # CPU_DEVICE and device1 already prove device placement
+        else:
+            params.append(pytest.param(XB(t), id=t.label))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "xb" in metafunc.fixturenames:
+        selected = metafunc.config.getoption("--backend")
+        metafunc.parametrize("xb", _discovered(tuple(selected) if selected else None))
+    if "fdtype" in metafunc.fixturenames:
+        metafunc.parametrize("fdtype", ["float32", "float64"])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261124)
