@@ -103,6 +103,8 @@ def _log_softmax_parts(xp: ModuleType, x: Array, mask: Array | None) -> tuple[Ar
     -log p_y = log1p(s) - z_y is accurate even when it is tiny (masked classes: z = -inf).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
+    if x.shape[0] == 0:  # empty batch: nothing to reduce (Dask cannot take max of nothing)
+        return xm, xm, xp.zeros((0, 1), dtype=x.dtype, device=get_device(x))
     z = xm - xp.max(xm, axis=-1, keepdims=True)
     e = xp.exp(z)
     top = z == 0.0
@@ -318,7 +320,7 @@ def _evaluate(
             q_w = xp.sum(wq, axis=-1, keepdims=True)
         else:
             a_w_y = _col(xp, a_n * w_y)
-            wq = xp.where(hit, a_w_y, 0.0)
+            wq = xp.astype(hit, dt) * a_w_y if isinstance(a_w_y, float) else xp.where(hit, a_w_y, 0.0)
             if eps > 0.0:
                 wq = wq + b * (1.0 if cw is None else cw)
             q_w = a_w_y + b * s_w

@@ -20,9 +20,7 @@ def test_reference_case_on_every_backend(xb, fdtype, case):
     assert err <= cli.TOLERANCES[fdtype], f"{case.name} on {xb} {fdtype}: relative error {err:.3g}"
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in reference.CASES if c.printed is not None], ids=lambda c: c.name
-)
+@pytest.mark.parametrize("case", [c for c in reference.CASES if c.printed is not None], ids=lambda c: c.name)
 def test_printed_values_agree_with_exact(case):
     """What the source prints is the exact value rounded to the digits it shows."""
     printed = np.asarray(case.printed, dtype=float)
