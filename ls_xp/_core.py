@@ -315,16 +315,27 @@ def _evaluate(
 
     grad = None
     if want_grad:
-        # g_c = (sum_k w_k q_k) p_c - w_c q_c ; with log-probability input p drops out
+        # g_c = Q p_c - w_c q_c with Q = sum_k w_k q_k; with log-probability input p drops out.
+        # At a maximum (e_c = 1), p_c = 1 - s/(1+s) and g_c = (Q - w_c q_c) - Q s/(1+s), with
+        # Q - w_c q_c in closed form: a confident, correct row then keeps full accuracy.
         if soft:
             q_w = xp.sum(wq, axis=-1, keepdims=True)
+            rest = q_w - wq
         else:
             a_w_y = _col(xp, a_n * w_y)
-            wq = xp.astype(hit, dt) * a_w_y if isinstance(a_w_y, float) else xp.where(hit, a_w_y, 0.0)
+            if isinstance(a_w_y, float):
+                wq, rest = xp.astype(hit, dt) * a_w_y, xp.astype(~hit, dt) * a_w_y
+            else:
+                wq, rest = xp.where(hit, a_w_y, 0.0), xp.where(hit, 0.0, a_w_y)
             if eps > 0.0:
                 wq = wq + b * (1.0 if cw is None else cw)
+                rest = rest + b * (s_w - (1.0 if cw is None else cw))
             q_w = a_w_y + b * s_w
-        g = -wq if log_probs else q_w * (e / (1.0 + s)) - wq
+        if log_probs:
+            g = -wq
+        else:
+            norm = 1.0 + s
+            g = xp.where(e == 1.0, rest - q_w * (s / norm), q_w * (e / norm) - wq)
         if not soft:
             g = xp.where(bad[:, None], math.nan, xp.where(valid[:, None], g, 0.0))
         if reduction == "mean":
