@@ -81,7 +81,7 @@ def first_value(xp: ModuleType, values: Any, bad: Any) -> Any:
     flat_bad = xp.reshape(bad, (-1,))
     picked = flat_values[flat_bad]
     item = picked[0]
-    return item.item() if hasattr(item, "item") else item
+    return int(item) if xp.isdtype(values.dtype, "integral") else float(item)
 
 
 def any_true(xp: ModuleType, mask: Any) -> bool:
