@@ -33,13 +33,12 @@ def is_concrete(x: Any) -> bool:
 
 
 def check_smoothing(smoothing: Any) -> float:
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
-        try:
-            value = float(smoothing)  # NumPy scalars, 0-d concrete arrays
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}") from exc
-    else:
-        value = float(smoothing)
+    if isinstance(smoothing, (bool, str, bytes)):
+        raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}")
+    try:
+        value = float(smoothing)  # Python and NumPy scalars, concrete 0-d arrays
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}") from exc
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
     return value
