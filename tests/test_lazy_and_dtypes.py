@@ -1,0 +1,127 @@
+"""Laziness (jax.jit, Dask), half precision, device placement and no mutation of inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ls_xp
+from tests._cases import call, random_problem
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_jit_equals_eager(seed):
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    jax.config.update("jax_enable_x64", True)
+    p = random_problem(seed)
+    kw = dict(reduction=p.reduction, ignore_index=p.ignore_index, axis=1)
+    w = None if p.weight is None else jax.numpy.asarray(p.weight)
+    x, t = jax.numpy.asarray(p.logits), jax.numpy.asarray(p.target)
+    eager = ls_xp.loss_and_grad(x, t, p.smoothing, weight=w, **kw)
+    jitted = jax.jit(lambda a, b, c: ls_xp.loss_and_grad(a, b, p.smoothing, weight=c, **kw))(x, t, w)
+    for e, j in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(np.asarray(j), np.asarray(e), rtol=1e-13, atol=1e-15)
+
+
+def test_dask_stays_lazy_until_computed():
+    dask = pytest.importorskip("dask", reason="dask is not installed")
+    da = pytest.importorskip("dask.array", reason="dask is not installed")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 20))
+    y = rng.integers(0, 20, 1000)
+    y[::7] = -100
+    w = rng.uniform(0.5, 2, 20)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ls_xp computed a Dask array while building the graph")
+
+    with dask.config.set(scheduler=refuse):
+        dx, dy, dw = da.from_array(x, chunks=(250, 20)), da.from_array(y, chunks=250), da.from_array(w)
+        loss, grad = ls_xp.loss_and_grad(dx, dy, 0.1, weight=dw)
+        rows = ls_xp.cross_entropy(dx, dy, 0.1, weight=dw, reduction="none")
+        q = ls_xp.smooth_labels(da.from_array(np.abs(y) % 20, chunks=250), 20, 0.1)
+    assert all(isinstance(a, da.Array) for a in (loss, grad, rows, q))
+    ref_loss, ref_grad = ls_xp.loss_and_grad(x, y, 0.1, weight=w)
+    np.testing.assert_allclose(loss.compute(), ref_loss, rtol=1e-14)
+    np.testing.assert_allclose(grad.compute(), ref_grad, rtol=1e-13, atol=1e-18)
+    assert grad.chunks[0] == (250, 250, 250, 250)  # the batch chunking is kept
+
+
+def test_results_live_on_the_input_device():
+    """array-api-strict raises on any mix of devices, so a missing device= would fail here."""
+    xps = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    dev = xps.Device("device1")
+    p = random_problem(3, soft=False)
+    x = xps.asarray(p.logits, device=dev)
+    y = xps.asarray(p.target, device=dev)
+    allowed = xps.ones(p.logits.shape, dtype=xps.bool, device=dev)
+    w = xps.ones((p.logits.shape[1],), device=dev)
+    loss, grad = ls_xp.loss_and_grad(x, y, 0.1, axis=1, weight=w, where=allowed, ignore_index=p.ignore_index)
+    assert loss.device == dev and grad.device == dev
+    assert ls_xp.kl_divergence(x, y, 0.1, axis=1, ignore_index=p.ignore_index).device == dev
+    assert ls_xp.smooth_labels(xps.asarray([0, 1], device=dev), 3).device == dev
+    soft = xps.asarray(np.full(p.logits.shape, 1 / p.logits.shape[1]), device=dev)
+    assert ls_xp.loss_and_grad(x, soft, 0.1, axis=1)[1].device == dev
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_precision_is_computed_in_float32(xb, name):
+    if name not in xb.target.dtypes:
+        pytest.skip(f"{xb} has no {name}")
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(4, 10000)) * 8).astype(np.float32)  # PyTorch's fp16 loss is inf here
+    y = rng.integers(0, 10000, 4)
+    half = xb.asarray(x, name)
+    loss, grad = ls_xp.loss_and_grad(half, xb.asarray(y), 0.1)
+    assert loss.dtype == xb.dtype(name) and grad.dtype == xb.dtype(name)
+    x_rounded = xb.np(half)  # the half values, exactly, in float64
+    ref_loss, ref_grad = ls_xp.loss_and_grad(x_rounded, y, 0.1)
+    rtol = 1e-3 if name == "float16" else 8e-3
+    assert np.isfinite(xb.np(loss))
+    np.testing.assert_allclose(xb.np(loss), ref_loss, rtol=rtol)
+    np.testing.assert_allclose(xb.np(grad), ref_grad, rtol=rtol, atol=1e-7)
+
+
+def test_float16_torch_overflows_where_we_do_not():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(4, 10000)) * 8, dtype=torch.float16)
+    y = torch.tensor(rng.integers(0, 10000, 4))
+    theirs = torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1)
+    ours = ls_xp.cross_entropy(x, y, 0.1)
+    assert torch.isinf(theirs) and torch.isfinite(ours)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_inputs_are_never_written(xb, soft):
+    p = random_problem(11, soft=soft)
+    p.weight = np.linspace(0.5, 2, p.logits.shape[1])
+    allowed = np.ones(p.logits.shape, dtype=bool)
+    before = [p.logits.copy(), p.target.copy(), p.weight.copy()]
+    args = [xb.asarray(p.logits), xb.asarray(p.target) if not soft else xb.asarray(p.target, "float64")]
+    w = xb.asarray(p.weight)
+    m = xb.asarray(allowed)
+    snapshot = [xb.np(a) for a in (*args, w)]
+    ls_xp.loss_and_grad(*args, p.smoothing, weight=w, where=m, axis=1, ignore_index=p.ignore_index)
+    ls_xp.kl_divergence(*args, p.smoothing, weight=w, axis=1, ignore_index=p.ignore_index)
+    for a, s in zip((*args, w), snapshot, strict=True):
+        np.testing.assert_array_equal(xb.np(a), s)
+    for a, b in zip((p.logits, p.target, p.weight), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_only_numpy_inputs_work():
+    p = random_problem(5, soft=False)
+    for a in (p.logits, p.target):
+        a.flags.writeable = False
+    loss, grad = call(ls_xp.loss_and_grad, _NumpyXB(), p, "float64")
+    assert grad.flags.writeable  # the gradient is a new array of ours
+
+
+class _NumpyXB:
+    from array_api_compat import numpy as xp
+
+    device = "cpu"
+
+    def asarray(self, a, dtype=None):
+        return a
