@@ -114,7 +114,7 @@ def test_read_only_numpy_inputs_work():
     p = random_problem(5, soft=False)
     for a in (p.logits, p.target):
         a.flags.writeable = False
-    loss, grad = call(ls_xp.loss_and_grad, _NumpyXB(), p, "float64")
+    _, grad = call(ls_xp.loss_and_grad, _NumpyXB(), p, "float64")
     assert grad.flags.writeable  # the gradient is a new array of ours
 
 
