@@ -23,11 +23,12 @@ correct predictions (the log1p form avoids the cancellation in lse - x_y).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_writeable_array
 from array_api_compat import device as get_device
 
 from ls_xp import _checks
@@ -96,21 +97,22 @@ def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero
     return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), at_zero)
 
 
-def _log_softmax_parts(xp: ModuleType, x: Array, mask: Array | None) -> tuple[Array, Array, Array]:
-    """Shifted logits z = x - max, exp(z), and s with lse(x) = max + log1p(s), per row.
+def _log_softmax_parts(
+    xp: ModuleType, x: Array, mask: Array | None, classes: Array, offsets: Array
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Shifted logits z = x - max, exp(z), s with lse(x) = max + log1p(s), per row.
 
-    s is the sum of exp(z) over every allowed class but one maximum, so that
-    -log p_y = log1p(s) - z_y is accurate even when it is tiny (masked classes: z = -inf).
+    s sums exp(z) over every allowed class but the first maximum (``top``), so that
+    -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
+    Returns (z, e, s, top, is_top) with ``is_top`` the comparison ``classes == top``.
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
-    if x.shape[0] == 0:  # empty batch: nothing to reduce (Dask cannot take max of nothing)
-        return xm, xm, xp.zeros((0, 1), dtype=x.dtype, device=get_device(x))
-    z = xm - xp.max(xm, axis=-1, keepdims=True)
+    top = xp.argmax(xm, axis=-1)
+    z = xm - xp.take(xp.reshape(xm, (-1,)), offsets + top)[:, None]
     e = xp.exp(z)
-    top = z == 0.0
-    n_top = xp.sum(xp.astype(top, x.dtype), axis=-1, keepdims=True)
-    s = xp.sum(xp.where(top, 0.0, e), axis=-1, keepdims=True) + (n_top - 1.0)
-    return z, e, s
+    is_top = classes == top[:, None]
+    s = xp.sum(xp.where(is_top, 0.0, e), axis=-1, keepdims=True)
+    return z, e, s, top, is_top
 
 
 def _row(xp: ModuleType, v: float | Array) -> float | Array:
@@ -204,7 +206,9 @@ def _evaluate(
     kl: bool,
     want_loss: bool,
     want_grad: bool,
-) -> tuple[Array | None, Array | None]:
+    want_target_grad: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Array | None, Array | None, Array | None]:
     arrays = [a for a in (logits, target, weight, where) if a is not None]
     xp = array_namespace(*arrays)
     _checks.check_floating(xp, logits, "logits")
@@ -228,57 +232,40 @@ def _evaluate(
             "(as in PyTorch); leave it negative"
         )
 
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size!r}")
+
     in_dtype = logits.dtype
     dt = xp.result_type(in_dtype, xp.float32)  # float16/bfloat16 compute in float32
     dev = get_device(logits)
     batch_shape = shape[:ax] + shape[ax + 1 :]
-    x = xp.reshape(xp.moveaxis(xp.astype(logits, dt, copy=False), ax, -1), (-1, num_classes))
+    x = xp.reshape(xp.moveaxis(logits, ax, -1), (-1, num_classes))  # a view where possible
     n_rows = x.shape[0]
     w = _class_weight(xp, weight, num_classes, dt)
     m = _class_mask(xp, where, shape, ax)
-
-    # allowed classes per row, and the masked class weights
-    if m is None:
-        k_n: float | Array = float(num_classes)
-        cw = w
-    else:
-        k_n = xp.sum(xp.astype(m, dt), axis=-1, keepdims=True)
-        cw = xp.astype(m, dt) if w is None else xp.where(m, w, 0.0)
-        need = 2.0 if (convention == "others" and eps > 0) else 1.0
-        few = k_n < need
+    classes = xp.arange(num_classes, device=dev)
+    if m is not None:
+        need = 2 if (convention == "others" and eps > 0) else 1
+        few = xp.sum(xp.astype(m, classes.dtype), axis=-1) < need
         if _checks.any_true(xp, few):
             raise ValueError(
-                f"where leaves fewer than {int(need)} allowed class(es) in some row"
-                + (' (convention="others" needs two)' if need == 2.0 else "")
+                f"where leaves fewer than {need} allowed class(es) in some row"
+                + (' (convention="others" needs two)' if need == 2 else "")
             )
-    s_w: float | Array = k_n if cw is None else xp.sum(cw, axis=-1, keepdims=True)
-    a, b = _smoothing_coefficients(xp, eps, k_n, convention)
 
-    # -log p_c = l1 - z_c, both terms non-negative
-    if log_probs:
-        z = x if m is None else xp.where(m, x, 0.0)
-        l1: float | Array = 0.0
-        e = s = None
-    else:
-        z, e, s = _log_softmax_parts(xp, x, m)
-        l1 = xp.log1p(s)
-    a_n, b_n, s_w_n, l1_n = (_row(xp, v) for v in (a, b, s_w, l1))
-
+    # per-row bookkeeping (O(N)): valid / bad positions, the "mean" denominator, row factors
     if soft:
-        t = xp.reshape(xp.moveaxis(xp.astype(target, dt, copy=False), ax, -1), (-1, num_classes))
-        q = (1.0 - eps) * t + (b if convention == "uniform" else b * (1.0 - t))
-        if m is not None:
-            q = xp.where(m, q, 0.0)
-        wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
-        row = xp.sum(_weighted(xp, wq, l1 - z), axis=-1)
-        if kl:
-            row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
+        t = xp.reshape(xp.moveaxis(target, ax, -1), (-1, num_classes))
+        y = valid = bad = None
         total_weight: float | Array = float(n_rows)
+        factor: float | Array = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total_weight, 0.0)
+        guard_rows = False
     else:
-        classes = xp.arange(num_classes, device=dev)
+        t = None
         y = xp.astype(xp.reshape(target, (-1,)), classes.dtype)
         valid = y != ignore_index
-        hit = classes == y[:, None]  # compared, never materialised as a float one-hot
         bad = valid & ((y < 0) | (y >= num_classes))
         if _checks.any_true(xp, bad):
             value = _checks.first_value(xp, y, bad)
@@ -287,21 +274,50 @@ def _evaluate(
                 f"and not ignore_index={ignore_index}"
             )
         if m is not None:
-            bad = bad | (valid & ~xp.any(hit & m, axis=-1))
+            bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
             if _checks.any_true(xp, bad):
                 value = _checks.first_value(xp, y, bad)
                 raise ValueError(f"target class {value} is masked out by where")
-        w_y: float | Array = 1.0 if w is None else xp.take(w, xp.where(valid & ~bad, y, 0), axis=0)
-        nll = l1_n - xp.sum(xp.where(hit, z, 0.0), axis=-1)  # -log p_y
-        row = a_n * w_y * nll
-        if eps > 0.0:
-            # sum_c w_c (-log p_c) = S_w l1 + sum_c w_c (-z_c)
-            row = row + b_n * (s_w_n * l1_n + xp.sum(_weighted(xp, cw, -z), axis=-1))
-        if kl:
-            row = row + w_y * _xlogx(xp, a_n + b_n) + _xlogx(xp, b_n) * (s_w_n - w_y)
-        row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
-        # the "mean" denominator: sum of w[y] over non-ignored positions
-        total_weight = xp.sum(xp.astype(valid, dt) if w is None else xp.where(valid, w_y, 0.0))
+        y = xp.where(valid & ~bad, y, 0)  # safe to gather with
+        w_y = None if w is None else xp.take(w, y, axis=0)
+        total_weight = xp.sum(xp.astype(valid, dt) if w_y is None else xp.where(valid, w_y, 0.0))
+        unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
+        factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
+        # ignored rows may hold non-finite logits: mask their gradient rows explicitly
+        guard_rows = not _checks.is_concrete(valid) or _checks.any_true(xp, ~valid)
+
+    spec = _Spec(
+        eps=eps, convention=convention, log_probs=log_probs, kl=kl, dtype=dt,
+        want_grad=want_grad, want_target_grad=want_target_grad and soft, guard_rows=guard_rows,
+    )  # fmt: skip
+    w_sum = None if w is None else xp.sum(w)
+    rows, grads, tgrads = [], [], []
+    step = _block_rows(xp, x, chunk_size, want_grad)
+    grad_buf = tgrad_buf = None
+    for lo in range(0, max(n_rows, 1), step):
+        hi = min(n_rows, lo + step)
+        sl = slice(lo, hi)
+        row, g, tg = _block(
+            xp, spec, xp.astype(x[sl, ...], dt, copy=False), classes,
+            y=None if y is None else y[sl], t=None if t is None else xp.astype(t[sl, ...], dt, copy=False),
+            valid=None if valid is None else valid[sl], bad=None if bad is None else bad[sl],
+            m=None if m is None else m[sl, ...], w=w, w_y=None if soft or w_y is None else w_y[sl],
+            w_sum=w_sum, factor=factor if isinstance(factor, float) else factor[sl],
+        )  # fmt: skip
+        rows.append(row)
+        if step >= n_rows:  # one block: no assembly
+            grads.append(g)
+            tgrads.append(tg)
+            continue
+        if g is not None:
+            if grad_buf is None:
+                grad_buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
+            grad_buf = xpx.at(grad_buf, (sl, slice(None))).set(g)
+        if tg is not None:
+            if tgrad_buf is None:
+                tgrad_buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
+            tgrad_buf = xpx.at(tgrad_buf, (sl, slice(None))).set(tg)
+    row = rows[0] if len(rows) == 1 else xp.concat(rows)
 
     loss = None
     if want_loss:
@@ -313,36 +329,153 @@ def _evaluate(
             loss = _safe_divide(xp, xp.sum(row), total_weight, math.nan)
         loss = xp.astype(loss, in_dtype, copy=False)
 
-    grad = None
-    if want_grad:
-        # g_c = Q p_c - w_c q_c with Q = sum_k w_k q_k; with log-probability input p drops out.
-        # At a maximum (e_c = 1), p_c = 1 - s/(1+s) and g_c = (Q - w_c q_c) - Q s/(1+s), with
-        # Q - w_c q_c in closed form: a confident, correct row then keeps full accuracy.
-        if soft:
+    def _unflatten(g: Array | None, dtype: Any) -> Array | None:
+        if g is None:
+            return None
+        return xp.astype(xp.moveaxis(xp.reshape(g, (*batch_shape, num_classes)), -1, ax), dtype, copy=False)
+
+    grad = _unflatten(grads[0] if grad_buf is None and grads else grad_buf, in_dtype)
+    tgrad = _unflatten(tgrads[0] if tgrad_buf is None and tgrads else tgrad_buf, target.dtype)
+    return loss, grad, tgrad
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The static settings of one evaluation."""
+
+    eps: float
+    convention: str
+    log_probs: bool
+    kl: bool
+    dtype: Any
+    want_grad: bool
+    want_target_grad: bool
+    guard_rows: bool
+
+
+# elements per block: temporaries of a block stay cache-sized (a few MB)
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _block_rows(xp: ModuleType, x: Array, chunk_size: int | None, want_grad: bool) -> int:
+    """Rows per block. Blocks are used where arrays are ours to fill in place (NumPy,
+    PyTorch, CuPy, array-api-strict); lazy or immutable arrays (Dask, JAX) are left to
+    their own scheduler/compiler, in one block."""
+    n_rows, num_classes = x.shape
+    if chunk_size is not None:
+        return chunk_size
+    if not (_checks.is_concrete(x) and is_writeable_array(x)):
+        return max(n_rows, 1)
+    return max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
+
+
+def _block(
+    xp: ModuleType,
+    sp: _Spec,
+    x: Array,
+    classes: Array,
+    *,
+    y: Array | None,
+    t: Array | None,
+    valid: Array | None,
+    bad: Array | None,
+    m: Array | None,
+    w: Array | None,
+    w_y: Array | None,
+    w_sum: Array | None,
+    factor: float | Array,
+) -> tuple[Array, Array | None, Array | None]:
+    """Per-row losses, and the gradient rows times ``factor``, for one block of rows."""
+    n, num_classes = x.shape
+    eps = sp.eps
+    offsets = xp.arange(n, device=get_device(x)) * num_classes
+    # allowed classes per row and the (masked) class weights cw; S_w = sum_c cw_c
+    if m is None:
+        k_n: float | Array = float(num_classes)
+        cw = w
+        s_w: float | Array = k_n if w_sum is None else w_sum
+    else:
+        mf = xp.astype(m, sp.dtype)
+        k_n = xp.sum(mf, axis=-1, keepdims=True)
+        cw = mf if w is None else xp.where(m, w, 0.0)
+        s_w = xp.sum(cw, axis=-1, keepdims=True)
+    a, b = _smoothing_coefficients(xp, eps, k_n, sp.convention)
+    a_n, b_n, s_w_n = (_row(xp, v) for v in (a, b, s_w))
+
+    # -log p_c = l1 - z_c, both terms non-negative
+    if sp.log_probs:
+        z = x if m is None else xp.where(m, x, 0.0)
+        l1: float | Array = 0.0
+        e = s = top = is_top = None
+    else:
+        z, e, s, top, is_top = _log_softmax_parts(xp, x, m, classes, offsets)
+        l1 = xp.log1p(s)
+    l1_n = _row(xp, l1)
+    r = _col(xp, factor)
+    g = tg = None
+
+    if t is not None:
+        q = (1.0 - eps) * t + (b if sp.convention == "uniform" else b * (1.0 - t))
+        if m is not None:
+            q = xp.where(m, q, 0.0)
+        wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
+        nlp = l1 - z  # -log p
+        row = xp.sum(_weighted(xp, wq, nlp), axis=-1)
+        if sp.kl:
+            row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
+        if sp.want_grad:
             q_w = xp.sum(wq, axis=-1, keepdims=True)
-            rest = q_w - wq
-        else:
-            a_w_y = _col(xp, a_n * w_y)
-            if isinstance(a_w_y, float):
-                wq, rest = xp.astype(hit, dt) * a_w_y, xp.astype(~hit, dt) * a_w_y
+            if sp.log_probs:
+                g = -wq * r
             else:
-                wq, rest = xp.where(hit, a_w_y, 0.0), xp.where(hit, 0.0, a_w_y)
-            if eps > 0.0:
-                wq = wq + b * (1.0 if cw is None else cw)
-                rest = rest + b * (s_w - (1.0 if cw is None else cw))
-            q_w = a_w_y + b * s_w
-        if log_probs:
-            g = -wq
+                norm = 1.0 + s
+                wq_top = xp.take(xp.reshape(wq, (-1,)), offsets + top)[:, None]
+                top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
+                g = xp.where(is_top, top_val, e * (q_w * r / norm) - wq * r)
+        if sp.want_target_grad:
+            # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
+            alpha = (1.0 - eps) if sp.convention == "uniform" else a
+            dlt = nlp if not sp.kl else nlp + xp.log(xp.where(q > 0, q, 1.0)) + 1.0
+            tg = _weighted(xp, cw, dlt) * (alpha * r)
+        return row, g, tg
+
+    wy = 1.0 if w_y is None else w_y
+    z_y = xp.take(xp.reshape(z, (-1,)), offsets + y)
+    row = a_n * wy * (l1_n - z_y)
+    if eps > 0.0:
+        # sum_c w_c (-log p_c) = S_w l1 + sum_c w_c (-z_c)
+        smooth = -xp.sum(z, axis=-1) if cw is None else xp.sum(_weighted(xp, cw, -z), axis=-1)
+        row = row + b_n * (s_w_n * l1_n + smooth)
+    if sp.kl:
+        row = row + wy * _xlogx(xp, a_n + b_n) + _xlogx(xp, b_n) * (s_w_n - wy)
+    row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
+    if sp.want_grad:
+        # g_c = Q p_c - w_c q_c, Q = sum_k w_k q_k = a w_y + b S_w; with log-probabilities
+        # p drops out. At the maximum, p = 1 - s/(1+s) and Q - w q in closed form keep a
+        # confident, correct row exact.
+        a_w_y = _col(xp, a_n * wy)
+        on = a_w_y * r  # r is an array on this path
+        off = None if eps == 0.0 else b * r * (1.0 if cw is None else cw)
+        hit = classes == y[:, None]
+        sub = xp.where(hit, on, 0.0) if off is None else xp.where(hit, on + off, off)  # w q r
+        if sp.log_probs:
+            g = -sub
         else:
+            q_w_r = (a_w_y + b * s_w) * r
             norm = 1.0 + s
-            g = xp.where(e == 1.0, rest - q_w * (s / norm), q_w * (e / norm) - wq)
-        if not soft:
-            g = xp.where(bad[:, None], math.nan, xp.where(valid[:, None], g, 0.0))
-        if reduction == "mean":
-            g = g * _safe_divide(xp, 1.0, total_weight, 0.0)
-        g = xp.moveaxis(xp.reshape(g, (*batch_shape, num_classes)), -1, ax)
-        grad = xp.astype(g, in_dtype, copy=False)
-    return loss, grad
+            top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
+            if eps > 0.0:
+                if cw is None:
+                    cw_top: float | Array = 1.0
+                elif cw.ndim == 1:
+                    cw_top = xp.take(cw, top)[:, None]
+                else:
+                    cw_top = xp.take(xp.reshape(cw, (-1,)), offsets + top)[:, None]
+                top_val = top_val + (b * (s_w - cw_top)) * r
+            g = xp.where(is_top, top_val, e * (q_w_r / norm) - sub)
+        if sp.guard_rows:
+            g = xp.where(valid[:, None], g, 0.0)
+    return row, g, None
 
 
 # --------------------------------------------------------------------------------------
@@ -443,7 +576,7 @@ def loss_and_grad(
 
     {shared}
     """
-    loss, grad = _evaluate(
+    loss, grad, _ = _evaluate(
         logits,
         target,
         smoothing,
@@ -493,7 +626,7 @@ def cross_entropy(
 
     {shared}
     """
-    loss, _ = _evaluate(
+    loss, _, _ = _evaluate(
         logits,
         target,
         smoothing,
@@ -533,7 +666,7 @@ def cross_entropy_grad(
 
     {shared}
     """
-    _, grad = _evaluate(
+    _, grad, _ = _evaluate(
         logits,
         target,
         smoothing,
@@ -578,7 +711,7 @@ def kl_divergence(
 
     {shared}
     """
-    loss, _ = _evaluate(
+    loss, _, _ = _evaluate(
         logits,
         target,
         smoothing,
