@@ -5,14 +5,8 @@ NumPy, PyTorch, JAX, CuPy, Dask and array-api-strict arrays: smoothed targets, t
 the KL form and the analytic gradient.
 """
 
-from ls_xp._core import (
-    cross_entropy,
-    cross_entropy_grad,
-    kl_divergence,
-    loss_and_grad,
-    mixup_targets,
-    smooth_labels,
-)
+from ls_xp._api import cross_entropy, cross_entropy_grad, kl_divergence, loss_and_grad
+from ls_xp._core import mixup_targets, smooth_labels
 
 __version__ = "0.1.0"
 

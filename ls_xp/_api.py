@@ -1,0 +1,300 @@
+"""The public loss functions, and the dispatch to the autodiff adapters.
+
+The math lives in :mod:`ls_xp._core`. This layer only decides *how* to call it: PyTorch
+tensors that need autograd go through ``ls_xp.torch`` (an ``autograd.Function`` whose
+backward is the analytic gradient), JAX arrays through ``ls_xp.jax`` (a ``custom_jvp``
+rule); every other array calls the core directly. No framework is imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import is_jax_array, is_torch_array
+
+from ls_xp._core import Convention, Reduction, _evaluate
+
+Array = Any
+
+__all__ = ["cross_entropy", "cross_entropy_grad", "kl_divergence", "loss_and_grad"]
+
+
+def _loss(*args: Any, kl: bool, **kwargs: Any) -> Array:
+    logits = args[0]
+    if is_torch_array(logits):
+        from ls_xp import torch as adapter
+
+        if adapter.wants_autograd(args[0], args[1], kwargs.get("weight")):
+            return adapter.loss(*args, kl=kl, **kwargs)
+    elif is_jax_array(logits):
+        from ls_xp import jax as adapter
+
+        return adapter.loss(*args, kl=kl, **kwargs)
+    return _evaluate(*args, kl=kl, want_loss=True, want_grad=False, **kwargs)[0]
+
+
+def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Array | None, Array | None]:
+    """Loss and analytic gradient as plain values (no autodiff graph is recorded)."""
+    if is_torch_array(args[0]):
+        from ls_xp import torch as adapter
+
+        with adapter.no_grad():
+            loss, grad, _ = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
+        return loss, grad
+    loss, grad, _ = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
+    return loss, grad
+
+
+_SHARED_DOC = """
+    Parameters
+    ----------
+    logits : array
+        Unnormalised scores, real floating dtype, classes along ``axis``. float16 and
+        bfloat16 are computed in float32 and the result is returned in the input dtype;
+        float32 and float64 are computed in their own precision.
+    target : array
+        Either integer class indices with the shape of ``logits`` without the class axis,
+        or class probabilities (soft / mixup / distillation targets) with the shape of
+        ``logits``. As in PyTorch, the shape decides which.
+    smoothing : float
+        The label-smoothing factor eps in [0, 1].
+    reduction : {"mean", "sum", "none"}
+        PyTorch's rules. ``"none"``: one loss per position (0 at ignored positions).
+        ``"sum"``: their sum. ``"mean"``: for class indices, the sum divided by
+        ``sum_n w[y_n]`` over the non-ignored positions (their count without ``weight``);
+        for probabilities, divided by the number of positions (weights are *not* in the
+        denominator). If that denominator is 0 (every position ignored, or an empty
+        batch) the mean is NaN and the gradient is zero, as in PyTorch.
+    weight : array, optional
+        Per-class weights of shape (K,), finite and non-negative. As in PyTorch the
+        weight of class c multiplies every term of class c, so with smoothing the
+        smoothing mass is weighted too (``loss_n = -sum_c w_c q_c log p_c``).
+    ignore_index : int
+        Positions whose class index equals it contribute 0 to the loss and the gradient
+        and are left out of the ``"mean"`` denominator. Must be negative with probability
+        targets (PyTorch raises there too).
+    axis : int
+        The class axis. ``-1`` (default) for (..., K); ``axis=1`` reproduces PyTorch's
+        (N, C, d1, ...) layout.
+    convention : {"uniform", "others"}
+        ``"uniform"`` (PyTorch, timm, optax, Keras, Szegedy et al. 2016):
+        ``q = (1 - eps) onehot(y) + eps / K``; probabilities ``t`` become
+        ``(1 - eps) t + eps / K``.
+        ``"others"`` (fairseq, seeds 000/001/004): ``1 - eps`` on the true class and
+        ``eps / (K - 1)`` on each other class; probabilities become
+        ``(1 - eps) t + eps (1 - t) / (K - 1)``, which reduces to that for one-hot ``t``.
+        eps_uniform = eps_others * K / (K - 1) maps one onto the other.
+    where : array of bool, optional
+        Broadcastable to ``logits``; True marks an allowed class (optax's name). Masked
+        classes get no target mass, leave the softmax normalisation, add nothing to the
+        loss and get a zero gradient. K in the smoothing mass becomes the row's number of
+        allowed classes. A class index pointing at a masked class is an error (NaN when
+        values cannot be checked, e.g. under ``jax.jit``).
+    log_probs : bool
+        If True, ``logits`` already hold log-probabilities (e.g. from a log-softmax, or
+        the log of a probability table) and are used as given: the loss is
+        ``-sum_c w_c q_c logits_c`` and the gradient is taken with respect to these
+        log-probabilities, as in ``torch.nn.functional.nll_loss`` and ``KLDivLoss``.
+    chunk_size : int, optional
+        Rows per block. The loss and gradient are evaluated over blocks of rows so that
+        temporaries stay small; the default picks blocks of about 2**18 elements on
+        arrays that can be filled in place (NumPy, PyTorch, CuPy, array-api-strict) and
+        one block for lazy or immutable ones (JAX, Dask). Results do not depend on it
+        beyond the last bit of the summed reductions.
+
+    Notes
+    -----
+    Non-finite logits: NaN anywhere in a row's allowed logits, or a ``+inf`` logit, makes
+    that row NaN. A ``-inf`` logit is harmless where its class carries no target mass
+    (masked by ``where``, weight 0, probability 0, or eps = 0 and not the target): the
+    term counts as 0 (0 * log 0 = 0), where PyTorch gives NaN. If it does carry mass, the
+    loss is ``+inf``. Ignored positions never contribute, whatever their logits.
+
+    Bad values (class indices out of range, negative weights, ``where`` rows with too
+    few allowed classes) raise ``ValueError`` on eager arrays. Where the values cannot
+    be read (under ``jax.jit`` tracing, Dask) the affected positions give NaN instead.
+"""
+
+
+def _public_doc(doc: str) -> str:
+    return doc.replace("    {shared}\n", _SHARED_DOC)
+
+
+def loss_and_grad(
+    logits: Array,
+    target: Array,
+    smoothing: float = 0.1,
+    *,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    axis: int = -1,
+    convention: Convention = "uniform",
+    where: Array | None = None,
+    log_probs: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Array, Array]:
+    """Label-smoothed cross-entropy and its gradient with respect to ``logits``, in one pass.
+
+    Returns ``(loss, grad)`` with ``grad = d loss / d logits`` of the shape of
+    ``logits``. For ``reduction="none"`` the gradient is that of the sum of the
+    per-position losses. The gradient is the analytic one,
+
+        d loss_n / d x_c = (sum_k w_k q_k) softmax(x)_c - w_c q_c,
+
+    divided by the ``"mean"`` denominator where that applies.
+
+    {shared}
+    """
+    loss, grad = _values(
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        chunk_size=chunk_size,
+        want_loss=True,
+    )
+    return loss, grad
+
+
+def cross_entropy(
+    logits: Array,
+    target: Array,
+    smoothing: float = 0.1,
+    *,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    axis: int = -1,
+    convention: Convention = "uniform",
+    where: Array | None = None,
+    log_probs: bool = False,
+    chunk_size: int | None = None,
+) -> Array:
+    """Softmax cross-entropy against label-smoothed targets.
+
+    For each position n with smoothed target distribution q (see ``convention``) and
+    class weights w (all 1 by default),
+
+        loss_n = -sum_c w_c q_c log softmax(x)_c,
+
+    reduced over positions by ``reduction``. With ``smoothing=0`` this is the plain
+    cross-entropy, equal to ``torch.nn.functional.cross_entropy``; with the uniform
+    convention it equals ``cross_entropy(..., label_smoothing=smoothing)`` including
+    ``weight``, ``ignore_index`` and ``reduction`` (Szegedy et al., "Rethinking the
+    Inception Architecture for Computer Vision", CVPR 2016, section 7).
+
+    The log-sum-exp is evaluated as max + log1p(sum of the other exponentials), so
+    float64 results are within a few ulp of the exact value also for tiny losses.
+    Integer targets are never expanded into a dense one-hot array.
+
+    {shared}
+    """
+    return _loss(
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        chunk_size=chunk_size,
+        kl=False,
+    )
+
+
+def cross_entropy_grad(
+    logits: Array,
+    target: Array,
+    smoothing: float = 0.1,
+    *,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    axis: int = -1,
+    convention: Convention = "uniform",
+    where: Array | None = None,
+    log_probs: bool = False,
+    chunk_size: int | None = None,
+) -> Array:
+    """Analytic gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    ``d loss_n / d x_c = (sum_k w_k q_k) softmax(x)_c - w_c q_c`` (divided by the
+    ``"mean"`` denominator); zero at ignored positions and masked classes. For
+    ``reduction="none"`` it is the gradient of the sum of the per-position losses.
+    It is also the gradient of :func:`kl_divergence`, which differs by a constant.
+
+    {shared}
+    """
+    _, grad = _values(
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        chunk_size=chunk_size,
+        want_loss=False,
+    )
+    return grad
+
+
+def kl_divergence(
+    logits: Array,
+    target: Array,
+    smoothing: float = 0.1,
+    *,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    axis: int = -1,
+    convention: Convention = "uniform",
+    where: Array | None = None,
+    log_probs: bool = False,
+    chunk_size: int | None = None,
+) -> Array:
+    """KL(q || p) between the smoothed targets and the predicted distribution.
+
+        loss_n = sum_c w_c q_c (log q_c - log p_c) = cross_entropy_n - (weighted) H(q),
+
+    with 0 log 0 = 0. It differs from :func:`cross_entropy` by the entropy of q, which
+    does not depend on the logits: both have the same gradient (use
+    :func:`cross_entropy_grad`), and the KL form is 0 at a perfect prediction. This is the
+    loss of the Annotated Transformer (``nn.KLDivLoss`` on smoothed targets, seed 004);
+    with ``reduction="sum"`` it matches ``KLDivLoss(reduction="sum")``, and
+    ``"mean"`` divides like :func:`cross_entropy` (PyTorch's ``"batchmean"`` for 2-D
+    inputs without ignored positions), not by the number of elements.
+
+    {shared}
+    """
+    return _loss(
+        logits,
+        target,
+        smoothing,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        axis=axis,
+        convention=convention,
+        where=where,
+        log_probs=log_probs,
+        chunk_size=chunk_size,
+        kl=True,
+    )
+
+
+for _f in (loss_and_grad, cross_entropy, cross_entropy_grad, kl_divergence):
+    _f.__doc__ = _public_doc(_f.__doc__ or "")
