@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from array_api_compat import is_jax_array, is_lazy_array
+from array_api_compat import is_jax_array, is_lazy_array, is_torch_array
 
 REDUCTIONS = ("mean", "sum", "none")
 CONVENTIONS = ("uniform", "others")
@@ -23,8 +23,14 @@ def is_concrete(x: Any) -> bool:
     """True when the values of ``x`` can be read without forcing a lazy computation.
 
     array-api-compat calls every JAX array lazy; a JAX array is only truly lazy while it
-    is being traced (inside ``jit``, ``grad``, ``vmap``...). Dask arrays stay lazy.
+    is being traced (inside ``jit``, ``grad``, ``vmap``...). Likewise a PyTorch tensor
+    wrapped by ``torch.func`` transforms (``vmap``, ``grad``) cannot be read. Dask arrays
+    stay lazy.
     """
+    if is_torch_array(x):
+        functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
+        wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+        return wrapped is None or not wrapped(x)
     if is_jax_array(x):
         jax_core = sys.modules.get("jax.core")
         tracer = getattr(jax_core, "Tracer", None)

@@ -108,6 +108,13 @@ def _log_softmax_parts(
     return z, e, s, top, is_top
 
 
+def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
+    """``moveaxis``, skipped when it would not move anything."""
+    if source % a.ndim == destination % a.ndim:
+        return a
+    return xp.moveaxis(a, source, destination)
+
+
 def _row(xp: ModuleType, v: float | Array) -> float | Array:
     """A per-row quantity kept as (N, 1) for broadcasting, flattened to (N,)."""
     return v if isinstance(v, float) else xp.reshape(v, (-1,))
@@ -151,7 +158,7 @@ def _class_mask(xp: ModuleType, where: Array | None, shape: tuple[int, ...], axi
         raise ValueError(
             f"where with shape {tuple(where.shape)} does not broadcast to logits shape {shape}"
         ) from exc
-    return xp.reshape(xp.moveaxis(full, axis, -1), (-1, shape[axis]))
+    return xp.reshape(_move_axis(xp, full, axis, -1), (-1, shape[axis]))
 
 
 def _is_probability_target(xp: ModuleType, logits: Array, target: Array, axis: int) -> bool:
@@ -234,7 +241,7 @@ def _evaluate(
     dt = xp.result_type(in_dtype, xp.float32)  # float16/bfloat16 compute in float32
     dev = get_device(logits)
     batch_shape = shape[:ax] + shape[ax + 1 :]
-    x = xp.reshape(xp.moveaxis(logits, ax, -1), (-1, num_classes))  # a view where possible
+    x = xp.reshape(_move_axis(xp, logits, ax, -1), (-1, num_classes))  # a view where possible
     n_rows = x.shape[0]
     w = _class_weight(xp, weight, num_classes, dt)
     m = _class_mask(xp, where, shape, ax)
@@ -250,7 +257,7 @@ def _evaluate(
 
     # per-row bookkeeping (O(N)): valid / bad positions, the "mean" denominator, row factors
     if soft:
-        t = xp.reshape(xp.moveaxis(target, ax, -1), (-1, num_classes))
+        t = xp.reshape(_move_axis(xp, target, ax, -1), (-1, num_classes))
         y = valid = bad = None
         total_weight: float | Array = float(n_rows)
         factor: float | Array = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total_weight, 0.0)
@@ -325,7 +332,9 @@ def _evaluate(
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None:
             return None
-        return xp.astype(xp.moveaxis(xp.reshape(g, (*batch_shape, num_classes)), -1, ax), dtype, copy=False)
+        return xp.astype(
+            _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax), dtype, copy=False
+        )
 
     grad = _unflatten(grads[0] if grad_buf is None and grads else grad_buf, in_dtype)
     tgrad = _unflatten(tgrads[0] if tgrad_buf is None and tgrads else tgrad_buf, target.dtype)
