@@ -22,6 +22,7 @@ correct predictions (the log1p form avoids the cancellation in lse - x_y).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from types import ModuleType
@@ -90,22 +91,56 @@ def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero
     return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), at_zero)
 
 
+@functools.cache
+def _has_index_assignment(xp: ModuleType) -> bool:
+    """Whether ``xpx.at`` can assign through integer-array indices in this namespace.
+
+    The standard does not require integer-array *assignment* (array-api-strict refuses
+    it); where it is missing, :func:`_put_per_row` falls back to a dense comparison.
+    """
+    try:
+        xpx.at(xp.zeros(2), xp.asarray([1])).set(1.0)
+    except (IndexError, TypeError, NotImplementedError, ValueError):
+        return False
+    return True
+
+
+def _put_per_row(
+    xp: ModuleType, g: Array, cols: Array, values: float | Array, *, add: bool, inplace: bool
+) -> Array:
+    """``g[n, cols[n]] = values[n]`` (or ``+=``) for every row n: one entry per row.
+
+    In place where ``g`` is ours and writeable (``inplace``), a functional update
+    otherwise (JAX), a dense comparison where the namespace has no index assignment.
+    """
+    n, num_classes = g.shape
+    if _has_index_assignment(xp):
+        flat = xp.reshape(g, (-1,))
+        at = xpx.at(flat, xp.arange(n, device=get_device(g)) * num_classes + cols)
+        copy = None if inplace else True
+        flat = at.add(values, copy=copy) if add else at.set(values, copy=copy)
+        return xp.reshape(flat, (n, num_classes))
+    hit = xp.arange(num_classes, device=get_device(g)) == cols[:, None]
+    v = _col(xp, values)
+    return xp.where(hit, g + v if add else v, g)
+
+
 def _log_softmax_parts(
-    xp: ModuleType, x: Array, mask: Array | None, classes: Array, offsets: Array
-) -> tuple[Array, Array, Array, Array, Array]:
-    """Shifted logits z = x - max, exp(z), s with lse(x) = max + log1p(s), per row.
+    xp: ModuleType, x: Array, mask: Array | None, offsets: Array, inplace: bool
+) -> tuple[Array, Array, Array, Array]:
+    """Shifted logits z = x - max, exp(z) but 0 at the maximum, and s with
+    lse(x) = max + log1p(s), per row.
 
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
-    Returns (z, e, s, top, is_top) with ``is_top`` the comparison ``classes == top``.
+    Returns (z, e, s, top).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
     top = xp.argmax(xm, axis=-1)
     z = xm - xp.take(xp.reshape(xm, (-1,)), offsets + top)[:, None]
-    e = xp.exp(z)
-    is_top = classes == top[:, None]
-    s = xp.sum(xp.where(is_top, 0.0, e), axis=-1, keepdims=True)
-    return z, e, s, top, is_top
+    e = _put_per_row(xp, xp.exp(z), top, 0.0, add=False, inplace=inplace)
+    s = xp.sum(e, axis=-1, keepdims=True)
+    return z, e, s, top
 
 
 def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
@@ -208,6 +243,7 @@ def _evaluate(
     want_grad: bool,
     want_target_grad: bool = False,
     chunk_size: int | None = None,
+    inplace: bool = True,
 ) -> tuple[Array | None, Array | None, Array | None]:
     arrays = [a for a in (logits, target, weight, where) if a is not None]
     xp = array_namespace(*arrays)
@@ -289,6 +325,7 @@ def _evaluate(
     spec = _Spec(
         eps=eps, convention=convention, log_probs=log_probs, kl=kl, dtype=dt,
         want_grad=want_grad, want_target_grad=want_target_grad and soft, guard_rows=guard_rows,
+        inplace=inplace,
     )  # fmt: skip
     w_sum = None if w is None else xp.sum(w)
     rows, grads, tgrads = [], [], []
@@ -353,6 +390,7 @@ class _Spec:
     want_grad: bool
     want_target_grad: bool
     guard_rows: bool
+    inplace: bool
 
 
 # elements per block: temporaries of a block stay cache-sized (a few MB)
@@ -408,9 +446,9 @@ def _block(
     if sp.log_probs:
         z = x if m is None else xp.where(m, x, 0.0)
         l1: float | Array = 0.0
-        e = s = top = is_top = None
+        e = s = top = None
     else:
-        z, e, s, top, is_top = _log_softmax_parts(xp, x, m, classes, offsets)
+        z, e, s, top = _log_softmax_parts(xp, x, m, offsets, sp.inplace)
         l1 = xp.log1p(s)
     l1_n = _row(xp, l1)
     r = _col(xp, factor)
@@ -433,7 +471,8 @@ def _block(
                 norm = 1.0 + s
                 wq_top = xp.take(xp.reshape(wq, (-1,)), offsets + top)[:, None]
                 top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
-                g = xp.where(is_top, top_val, e * (q_w * r / norm) - wq * r)
+                g = e * (q_w * r / norm) - wq * r
+                g = _put_per_row(xp, g, top, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.want_target_grad:
             # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
             alpha = (1.0 - eps) if sp.convention == "uniform" else a
@@ -457,14 +496,18 @@ def _block(
         # confident, correct row exact.
         a_w_y = _col(xp, a_n * wy)
         on = a_w_y * r  # r is an array on this path
-        off = None if eps == 0.0 else b * r * (1.0 if cw is None else cw)
-        hit = classes == y[:, None]
-        sub = xp.where(hit, on, 0.0) if off is None else xp.where(hit, on + off, off)  # w q r
+        off = None if eps == 0.0 else b * r * (1.0 if cw is None else cw)  # the b w_c q r part
         if sp.log_probs:
-            g = -sub
+            base = xp.zeros(x.shape, dtype=sp.dtype, device=get_device(x))
+            g = base if off is None else base - off
         else:
             q_w_r = (a_w_y + b * s_w) * r
             norm = 1.0 + s
+            g = e * (q_w_r / norm)  # e is 0 at the maximum, set exactly below
+            if off is not None:
+                g = g - off
+        g = _put_per_row(xp, g, y, -_row(xp, on), add=True, inplace=sp.inplace)
+        if not sp.log_probs:
             top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
             if eps > 0.0:
                 if cw is None:
@@ -474,7 +517,7 @@ def _block(
                 else:
                     cw_top = xp.take(xp.reshape(cw, (-1,)), offsets + top)[:, None]
                 top_val = top_val + (b * (s_w - cw_top)) * r
-            g = xp.where(is_top, top_val, e * (q_w_r / norm) - sub)
+            g = _put_per_row(xp, g, top, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.guard_rows:
             g = xp.where(valid[:, None], g, 0.0)
     return row, g, None

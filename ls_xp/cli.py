@@ -1,4 +1,4 @@
-"""The ``ls-xp`` command line: ``reference`` and ``check``."""
+"""The ``ls-xp`` command line: ``reference``, ``check`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -194,6 +194,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ls_xp import _bench
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    report = _bench.run_bench(args.backend, args.size or ["small", "medium"], args.repeats, progress)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_bench.format_report(report))
+    if args.plot:
+        _bench.plot(report, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 1 if any("error" in r for r in report["results"]) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-xp", description="Label-smoothed cross-entropy for every array library."
@@ -210,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_chk.add_argument("--json", action="store_true", help="machine-readable output")
     p_chk.set_defaults(func=_cmd_check)
+    p_b = sub.add_parser("bench", help="time and peak memory of loss + gradient against the peers")
+    p_b.add_argument("--backend", action="append", choices=["numpy", "torch", "jax"], help="repeatable")
+    p_b.add_argument("--size", action="append", choices=["small", "medium", "large"], help="repeatable")
+    p_b.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p_b.add_argument("--json", action="store_true", help="machine-readable output")
+    p_b.add_argument("--plot", metavar="FILE.png", help="draw time and memory per backend and size")
+    p_b.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -101,6 +101,7 @@ class _LabelSmoothingCE(torch.autograd.Function):
                 want_target_grad=ctx.has_tgrad,
                 weight=weight,
                 where=where,
+                inplace=False,  # these tensors are part of the graph being built
                 **opts,
             )
         scale = _broadcastable(grad_out, logits.ndim, opts["axis"], opts["reduction"])
