@@ -1,10 +1,10 @@
 """``ls-xp bench``: loss + gradient of ls_xp against the named peers, in one run.
 
-Every measurement runs in a fresh Python process: the inputs are built, the function is
-run once (warm-up, compilation), the peak-RSS counter is reset, then it is timed
-``repeats`` times. Reported: the median time and the peak memory beyond the inputs
-(VmHWM - VmRSS before the timed runs; Linux), and ratios to every peer of the same
-backend measured in the same run. The machines are shared and noisy: read the medians and
+Every measurement runs in a fresh Python process: the inputs are built, the resident
+memory is read, the function is run once (warm-up, compilation) and then timed ``repeats``
+times. Reported: the median time, the peak memory beyond the inputs (peak RSS, VmHWM, less
+the RSS before the first run; Linux) and ratios to every peer of the same backend measured
+in the same run. The machines are shared and noisy: read the medians and
 ratios, not single numbers.
 
 The peers (written here as baselines, or the libraries' own functions):
@@ -160,23 +160,17 @@ def _rss_kib(field: str) -> int:
 
 def _worker(backend: str, impl: str, n: int, k: int, repeats: int) -> dict[str, Any]:
     run = _setup(backend, impl, n, k)
-    out = run()  # warm-up: imports, compilation, first-touch allocations
+    baseline = _rss_kib("VmRSS")  # the inputs exist; nothing has run yet
+    out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
     del out
-    baseline = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")  # reset the peak-RSS counter (Linux >= 4.0)
-        measured = True
-    except OSError:
-        measured = False
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t0)
         del out
-    peak = (_rss_kib("VmHWM") - baseline) * 1024 if measured else None
-    return {"time_s": statistics.median(times), "times_s": times, "peak_bytes": peak}
+    peak_kib = _rss_kib("VmHWM") - baseline
+    return {"time_s": statistics.median(times), "times_s": times, "peak_bytes": peak_kib * 1024}
 
 
 # ------------------------------------------------------------------ the driver

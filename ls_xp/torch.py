@@ -86,9 +86,12 @@ class _LabelSmoothingCE(torch.autograd.Function):
         ctx.has_grad, ctx.has_tgrad = grad is not None, tgrad is not None
         ctx.save_for_backward(logits, target, weight, where, grad, tgrad)
         ctx.mark_non_differentiable(*(t for t in (grad, tgrad) if t is not None))
+        ctx.set_materialize_grads(False)  # no N x K zeros for the extra outputs' gradients
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
+        if grad_out is None:
+            return None, None, None, None, None, None
         logits, target, weight, where, grad, tgrad = ctx.saved_tensors
         opts = ctx.options
         if torch.is_grad_enabled():
