@@ -136,7 +136,7 @@ def _log_softmax_parts(
     Returns (z, e, s, top).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
-    top = xp.argmax(xm, axis=-1)
+    top = xp.astype(xp.argmax(xm, axis=-1), offsets.dtype, copy=False)  # some devices lack int64
     z = xm - xp.take(xp.reshape(xm, (-1,)), offsets + top)[:, None]
     e = _put_per_row(xp, xp.exp(z), top, 0.0, add=False, inplace=inplace)
     s = xp.sum(e, axis=-1, keepdims=True)

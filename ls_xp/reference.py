@@ -52,8 +52,9 @@ class ReferenceCase:
         self, xp: ModuleType, dtype: Any = None, device: Any = None
     ) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword arguments for ``getattr(ls_xp, self.function)``."""
+        index = _index_dtype(xp, device)
         if self.function in ("smooth_labels", "mixup_targets"):
-            labels = xp.asarray(self.inputs["labels"], device=device)
+            labels = xp.asarray(self.inputs["labels"], dtype=index, device=device)
             kwargs = dict(self.params)
             kwargs["dtype"] = dtype
             return [labels, self.inputs["num_classes"]], kwargs
@@ -68,7 +69,7 @@ class ReferenceCase:
         if isinstance(target[0], list):
             t = xp.asarray(target, dtype=dtype, device=device)
         else:
-            t = xp.asarray(target, device=device)
+            t = xp.asarray(target, dtype=index, device=device)
         if "weight" in kwargs:
             kwargs["weight"] = xp.asarray(kwargs["weight"], dtype=dtype, device=device)
         return [x, t], kwargs
@@ -92,6 +93,13 @@ class ReferenceCase:
             "exact": self.exact,
             "note": self.note,
         }
+
+
+def _index_dtype(xp: ModuleType, device: Any) -> Any:
+    """The device's default integer dtype (int32 where a device has no int64)."""
+    import array_api_extra as xpx
+
+    return xpx.default_dtype(xp, "integral", device=device)
 
 
 def _to_float(v: Nested) -> Nested:

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ls_xp._sweep import Problem, random_problem
 
-@dataclass
-class Problem:
-    logits: np.ndarray  # PyTorch layout: (N, C) or (N, C, d1, ...); class axis 1
-    target: np.ndarray  # int64 indices (N, d1, ...) or float64 probabilities like logits
-    smoothing: float
-    reduction: str = "mean"
-    weight: np.ndarray | None = None
-    ignore_index: int = -100
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def soft(self) -> bool:
-        return self.target.shape == self.logits.shape
-
-
-def random_problem(seed: int, *, soft: bool | None = None) -> Problem:
-    rng = np.random.default_rng(seed)
-    num_classes = int(rng.integers(2, 9))
-    n = int(rng.integers(1, 7))
-    extra = () if rng.random() < 0.5 else tuple(int(d) for d in rng.integers(1, 4, size=rng.integers(1, 3)))
-    shape = (n, num_classes, *extra)
-    logits = rng.normal(scale=rng.choice([0.5, 3.0, 20.0]), size=shape)
-    soft = bool(rng.random() < 0.35) if soft is None else soft
-    smoothing = float(rng.choice([0.0, 1e-3, 0.1, 0.3, 0.75, 1.0]))
-    reduction = str(rng.choice(["mean", "sum", "none"]))
-    weight = rng.uniform(0.2, 3.0, size=num_classes) if rng.random() < 0.5 else None
-    if soft:
-        target = rng.dirichlet(np.ones(num_classes), size=(n, *extra))
-        target = np.moveaxis(target, -1, 1)
-        return Problem(logits, target, smoothing, reduction, weight)
-    target = rng.integers(0, num_classes, size=(n, *extra))
-    ignore_index = int(rng.choice([-100, 0, num_classes - 1, -1]))
-    if ignore_index < 0:
-        drop = rng.random(target.shape) < 0.25
-        target = np.where(drop, ignore_index, target)
-    return Problem(logits, target, smoothing, reduction, weight, ignore_index)
+__all__ = ["Problem", "call", "random_problem", "torch_reference"]
 
 
 def torch_reference(p: Problem, logits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -10,14 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from ls_xp import cli, reference
+from ls_xp import _conformance, cli, reference
 
 
 @pytest.mark.parametrize("case", reference.CASES, ids=lambda c: c.name)
 def test_reference_case_on_every_backend(xb, fdtype, case):
     out = xb.np(case.run(xb.xp, dtype=xb.dtype(fdtype), device=xb.device))
-    err = cli.relative_error(out, case.exact_values())
-    assert err <= cli.TOLERANCES[fdtype], f"{case.name} on {xb} {fdtype}: relative error {err:.3g}"
+    err = _conformance._relative(out, case.exact_values())
+    tol = _conformance.TOLERANCES[fdtype]["reference"]
+    assert err <= tol, f"{case.name} on {xb} {fdtype}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("case", [c for c in reference.CASES if c.printed is not None], ids=lambda c: c.name)
@@ -51,11 +52,13 @@ def test_lookup_by_name_and_unknown_name():
 
 
 def test_relative_error_treats_inf_and_nan_strictly():
-    assert cli.relative_error([math.inf], [math.inf]) == 0.0
-    assert cli.relative_error([1e300], [math.inf]) == math.inf
-    assert cli.relative_error([math.nan], [1.0]) == math.inf
-    assert cli.relative_error([1.0, 2.0], [1.0]) == math.inf
-    assert cli.relative_error([1.1], [1.0]) == pytest.approx(0.1)
+    rel = _conformance._relative
+    assert rel([math.inf], [math.inf]) == 0.0
+    assert rel([1e300], [math.inf]) == math.inf
+    assert rel([math.nan], [1.0]) == math.inf
+    assert rel([1.0, 2.0], [1.0]) == math.inf
+    assert rel([1.1], [1.0]) == pytest.approx(0.1)
+    assert _conformance._grad_error([[1.0, 2.0]], [[1.0, 2.2]]) == pytest.approx(0.2 / 2.2)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,16 +82,39 @@ def test_cli_reference_table_and_json():
 
 
 def test_cli_check_passes_and_reports_json():
-    out = _cli("check", "--backend", "numpy", "--json")
+    out = _cli("check", "--backend", "numpy", "--json", "--sweep", "4")
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["failed"] == 0
-    assert report["passed"] == 2 * len(reference.CASES)
-    assert {r["dtype"] for r in report["results"]} == {"float32", "float64"}
-    table = _cli("check", "--backend", "numpy", "--backend", "cupy")
+    cells = {c["dtype"]: c for c in report["cells"]}
+    assert cells["float64"]["status"] == "pass" and cells["float32"]["status"] == "pass"
+    assert cells["float64"]["checks"] == len(reference.CASES) + 4  # reference cases + sweep
+    assert cells["bfloat16"]["status"] == "skipped" and "no bfloat16" in cells["bfloat16"]["reason"]
+    table = _cli("check", "--backend", "numpy", "--backend", "cupy", "--sweep", "2")
     assert table.returncode == 0
     assert "numpy/cpu" in table.stdout and "passed, 0 failed" in table.stdout
     assert "cupy" in table.stdout and "skipped" in table.stdout
+    assert "relative tolerances" in table.stdout
+
+
+def test_check_device_filter():
+    report = _conformance.run(["array_api_strict"], ["device1"], ["float64"], sweep=2)
+    assert [c["target"] for c in report["cells"]] == ["array_api_strict/device1"]
+    assert report["cells"][0]["status"] == "pass"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_check_native_parity_runs_where_there_is_a_peer(backend):
+    pytest.importorskip(backend, reason=f"{backend} is not installed")
+    if backend == "jax":
+        pytest.importorskip("optax", reason="optax is not installed (the JAX peer)")
+    report = _conformance.run([backend], ["cpu"], ["float32"], sweep=4)
+    cell = report["cells"][0]
+    assert cell["status"] == "pass", cell["failures"]
+    if backend == "numpy":
+        assert cell["worst_error"]["native"] is None  # NumPy has no native implementation
+    else:
+        assert cell["checks"] == len(reference.CASES) + 4 + 4
 
 
 def test_check_reports_a_wrong_value_as_failure(monkeypatch):
@@ -96,7 +122,24 @@ def test_check_reports_a_wrong_value_as_failure(monkeypatch):
     bad = reference.get("notebook_mean")
     broken = type(bad)(**{**bad.__dict__, "exact": "1.2"})
     monkeypatch.setattr(reference, "CASES", (broken,))
-    report = cli.run_check(["numpy"], ["float64"], progress=False)
+    report = _conformance.run(["numpy"], None, ["float64"], sweep=1)
     assert report["failed"] == 1 and report["passed"] == 0
-    monkeypatch.setattr(cli.reference, "CASES", (broken,))
-    assert cli.main(["check", "--backend", "numpy", "--dtype", "float64"]) == 1
+    assert report["cells"][0]["failures"][0]["case"] == "notebook_mean"
+    assert cli.main(["check", "--backend", "numpy", "--dtype", "float64", "--sweep", "1"]) == 1
+
+
+def test_check_reports_a_wrong_gradient_as_failure(monkeypatch):
+    """Break the float32 gradient only: the sweep (a float64 evaluation is its reference)
+    must catch it; the reference cases hold no gradients."""
+    import ls_xp
+
+    real = ls_xp.cross_entropy_grad
+
+    def broken(x, *a, **k):
+        g = real(x, *a, **k)
+        return g * 1.001 if x.dtype == np.float32 else g
+
+    monkeypatch.setattr(ls_xp, "cross_entropy_grad", broken)
+    report = _conformance.run(["numpy"], None, ["float32"], sweep=3)
+    assert report["failed"] == 1
+    assert {f["check"] for f in report["cells"][0]["failures"]} == {"sweep"}
