@@ -133,6 +133,7 @@ def loss_and_grad(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | None = None,
+    overwrite_logits: bool = False,
 ) -> tuple[Array, Array]:
     """Label-smoothed cross-entropy and its gradient with respect to ``logits``, in one pass.
 
@@ -144,6 +145,14 @@ def loss_and_grad(
 
     divided by the ``"mean"`` denominator where that applies.
 
+    overwrite_logits : bool
+        Allow the gradient to be written into the ``logits`` buffer itself (Liger-Kernel
+        style), block by block, saving the memory of a separate gradient. Done only where
+        it is possible: a concrete, writeable 2-D array with the classes last and a
+        float32/float64 dtype (NumPy, PyTorch, CuPy); otherwise a new array is returned as
+        usual, so test ``grad is logits`` if it matters. Afterwards ``logits`` holds the
+        gradient: never use it where the logits are still needed (e.g. a tensor that
+        autograd saved for another backward pass).
     {shared}
     """
     loss, grad = _values(
@@ -158,6 +167,7 @@ def loss_and_grad(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        overwrite_logits=overwrite_logits,
         want_loss=True,
     )
     return loss, grad
@@ -225,6 +235,7 @@ def cross_entropy_grad(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | None = None,
+    overwrite_logits: bool = False,
 ) -> Array:
     """Analytic gradient of :func:`cross_entropy` with respect to ``logits``.
 
@@ -233,6 +244,14 @@ def cross_entropy_grad(
     ``reduction="none"`` it is the gradient of the sum of the per-position losses.
     It is also the gradient of :func:`kl_divergence`, which differs by a constant.
 
+    overwrite_logits : bool
+        Allow the gradient to be written into the ``logits`` buffer itself (Liger-Kernel
+        style), block by block, saving the memory of a separate gradient. Done only where
+        it is possible: a concrete, writeable 2-D array with the classes last and a
+        float32/float64 dtype (NumPy, PyTorch, CuPy); otherwise a new array is returned as
+        usual, so test ``grad is logits`` if it matters. Afterwards ``logits`` holds the
+        gradient: never use it where the logits are still needed (e.g. a tensor that
+        autograd saved for another backward pass).
     {shared}
     """
     _, grad = _values(
@@ -247,6 +266,7 @@ def cross_entropy_grad(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        overwrite_logits=overwrite_logits,
         want_loss=False,
     )
     return grad

@@ -244,6 +244,7 @@ def _evaluate(
     want_target_grad: bool = False,
     chunk_size: int | None = None,
     inplace: bool = True,
+    overwrite_logits: bool = False,
 ) -> tuple[Array | None, Array | None, Array | None]:
     arrays = [a for a in (logits, target, weight, where) if a is not None]
     xp = array_namespace(*arrays)
@@ -331,6 +332,8 @@ def _evaluate(
     rows, grads, tgrads = [], [], []
     step = _block_rows(xp, x, chunk_size, want_grad)
     grad_buf = tgrad_buf = None
+    if want_grad and overwrite_logits and _can_overwrite(xp, logits, ax, dt):
+        grad_buf = logits  # each block's rows are read before its gradient replaces them
     for lo in range(0, max(n_rows, 1), step):
         hi = min(n_rows, lo + step)
         sl = slice(lo, hi)
@@ -342,7 +345,7 @@ def _evaluate(
             w_sum=w_sum, factor=factor if isinstance(factor, float) else factor[sl],
         )  # fmt: skip
         rows.append(row)
-        if step >= n_rows:  # one block: no assembly
+        if step >= n_rows and grad_buf is None:  # one block: no assembly
             grads.append(g)
             tgrads.append(tg)
             continue
@@ -373,7 +376,10 @@ def _evaluate(
             _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax), dtype, copy=False
         )
 
-    grad = _unflatten(grads[0] if grad_buf is None and grads else grad_buf, in_dtype)
+    if grad_buf is logits:
+        grad = logits  # overwritten in place, as the caller allowed
+    else:
+        grad = _unflatten(grads[0] if grad_buf is None and grads else grad_buf, in_dtype)
     tgrad = _unflatten(tgrads[0] if tgrad_buf is None and tgrads else tgrad_buf, target.dtype)
     return loss, grad, tgrad
 
@@ -395,6 +401,18 @@ class _Spec:
 
 # elements per block: temporaries of a block stay cache-sized (a few MB)
 _BLOCK_ELEMENTS = 1 << 18
+
+
+def _can_overwrite(xp: ModuleType, logits: Array, axis: int, dtype: Any) -> bool:
+    """The gradient can go into the logits' own buffer: a concrete, writeable 2-D array
+    with the classes last, already in the compute dtype."""
+    return (
+        logits.ndim == 2
+        and axis == 1
+        and logits.dtype == dtype
+        and _checks.is_concrete(logits)
+        and is_writeable_array(logits)
+    )
 
 
 def _block_rows(xp: ModuleType, x: Array, chunk_size: int | None, want_grad: bool) -> int:

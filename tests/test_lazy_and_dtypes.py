@@ -125,3 +125,48 @@ class _NumpyXB:
 
     def asarray(self, a, dtype=None):
         return a
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1000])
+def test_chunked_equals_unchunked(xb, chunk_size):
+    p = random_problem(21, soft=False)
+    p.logits = np.random.default_rng(0).normal(size=(50, 9)) * 4
+    p.target = np.random.default_rng(1).integers(0, 9, 50)
+    p.target[::5] = -100
+    p.ignore_index, p.reduction, p.weight = -100, "mean", np.linspace(0.5, 2, 9)
+    whole = call(ls_xp.loss_and_grad, xb, p, "float64", chunk_size=10**6)
+    blocks = call(ls_xp.loss_and_grad, xb, p, "float64", chunk_size=chunk_size)
+    np.testing.assert_allclose(xb.np(blocks[0]), xb.np(whole[0]), rtol=1e-15)
+    np.testing.assert_array_equal(xb.np(blocks[1]), xb.np(whole[1]))  # row-wise: bit-identical
+    for soft_target in (False, True):
+        t = np.random.default_rng(2).dirichlet(np.ones(9), size=50) if soft_target else p.target
+        kw = dict(reduction="none")
+        a = ls_xp.loss_and_grad(xb.asarray(p.logits), xb.asarray(t), 0.2, chunk_size=chunk_size, **kw)
+        b = ls_xp.loss_and_grad(xb.asarray(p.logits), xb.asarray(t), 0.2, chunk_size=10**6, **kw)
+        np.testing.assert_array_equal(xb.np(a[0]), xb.np(b[0]))
+        np.testing.assert_array_equal(xb.np(a[1]), xb.np(b[1]))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_chunk_size_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        ls_xp.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), chunk_size=bad)
+
+
+def test_overwrite_logits_writes_the_gradient_into_the_callers_buffer(xb):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 11)), rng.integers(0, 11, 40)
+    ref_loss, ref_grad = ls_xp.loss_and_grad(x, y, 0.1)
+    logits = xb.asarray(x)
+    loss, grad = ls_xp.loss_and_grad(logits, xb.asarray(y), 0.1, overwrite_logits=True, chunk_size=7)
+    np.testing.assert_allclose(xb.np(loss), ref_loss, rtol=1e-14)
+    np.testing.assert_allclose(xb.np(grad), ref_grad, rtol=1e-13, atol=1e-17)
+    if xb.name in ("numpy", "torch", "array_api_strict"):  # writeable, concrete arrays
+        assert grad is logits
+    else:  # JAX arrays are immutable, Dask arrays lazy: a new array, the input untouched
+        assert grad is not logits
+        np.testing.assert_array_equal(xb.np(logits), x)
+    # without the keyword the caller's array is never touched
+    logits = xb.asarray(x)
+    ls_xp.loss_and_grad(logits, xb.asarray(y), 0.1)
+    np.testing.assert_array_equal(xb.np(logits), x)
