@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -260,7 +262,8 @@ def test_jax_grad_equals_autodiff_of_plain_formula_and_torch(jax, seed):
 
     g = jax.grad(total(ours))(x)
     np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(total(plain))(x)), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(np.asarray(g), torch_reference(p)[1], rtol=1e-12, atol=1e-15)
+    if importlib.util.find_spec("torch") is not None:  # and PyTorch's autograd, where installed
+        np.testing.assert_allclose(np.asarray(g), torch_reference(p)[1], rtol=1e-12, atol=1e-15)
     v, gv = jax.value_and_grad(total(ours))(x)
     np.testing.assert_allclose(np.asarray(gv), np.asarray(g), rtol=0, atol=0)
     jv, jg = jax.jit(jax.value_and_grad(total(ours)))(x)
