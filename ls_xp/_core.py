@@ -330,15 +330,15 @@ def _evaluate(
     )  # fmt: skip
     w_sum = None if w is None else xp.sum(w)
     rows, grads, tgrads = [], [], []
-    step = _block_rows(xp, x, chunk_size, want_grad)
+    step = _block_rows(x, chunk_size)
     grad_buf = tgrad_buf = None
-    if want_grad and overwrite_logits and _can_overwrite(xp, logits, ax, dt):
+    if want_grad and overwrite_logits and _can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
     for lo in range(0, max(n_rows, 1), step):
         hi = min(n_rows, lo + step)
         sl = slice(lo, hi)
         row, g, tg = _block(
-            xp, spec, xp.astype(x[sl, ...], dt, copy=False), classes,
+            xp, spec, xp.astype(x[sl, ...], dt, copy=False),
             y=None if y is None else y[sl], t=None if t is None else xp.astype(t[sl, ...], dt, copy=False),
             valid=None if valid is None else valid[sl], bad=None if bad is None else bad[sl],
             m=None if m is None else m[sl, ...], w=w, w_y=None if soft or w_y is None else w_y[sl],
@@ -403,7 +403,7 @@ class _Spec:
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _can_overwrite(xp: ModuleType, logits: Array, axis: int, dtype: Any) -> bool:
+def _can_overwrite(logits: Array, axis: int, dtype: Any) -> bool:
     """The gradient can go into the logits' own buffer: a concrete, writeable 2-D array
     with the classes last, already in the compute dtype."""
     return (
@@ -415,7 +415,7 @@ def _can_overwrite(xp: ModuleType, logits: Array, axis: int, dtype: Any) -> bool
     )
 
 
-def _block_rows(xp: ModuleType, x: Array, chunk_size: int | None, want_grad: bool) -> int:
+def _block_rows(x: Array, chunk_size: int | None) -> int:
     """Rows per block. Blocks are used where arrays are ours to fill in place (NumPy,
     PyTorch, CuPy, array-api-strict); lazy or immutable arrays (Dask, JAX) are left to
     their own scheduler/compiler, in one block."""
@@ -431,7 +431,6 @@ def _block(
     xp: ModuleType,
     sp: _Spec,
     x: Array,
-    classes: Array,
     *,
     y: Array | None,
     t: Array | None,
