@@ -106,19 +106,19 @@ def _has_index_assignment(xp: ModuleType) -> bool:
 
 
 def _put_per_row(
-    xp: ModuleType, g: Array, cols: Array, values: float | Array, *, add: bool, inplace: bool
+    xp: ModuleType, g: Array, offsets: Array, cols: Array, values: float | Array, *, add: bool, inplace: bool
 ) -> Array:
     """``g[n, cols[n]] = values[n]`` (or ``+=``) for every row n: one entry per row.
 
-    In place where ``g`` is ours and writeable (``inplace``), a functional update
-    otherwise (JAX), a dense comparison where the namespace has no index assignment.
+    ``offsets`` is ``arange(N) * K``. In place where ``g`` is ours and writeable
+    (``inplace``), a functional update otherwise (JAX), a dense comparison where the
+    namespace has no index assignment.
     """
     n, num_classes = g.shape
     if _has_index_assignment(xp):
-        flat = xp.reshape(g, (-1,))
-        at = xpx.at(flat, xp.arange(n, device=get_device(g)) * num_classes + cols)
+        at = xpx.at(xp.reshape(g, (-1,)), offsets + cols)
         copy = None if inplace else True
-        flat = at.add(values, copy=copy) if add else at.set(values, copy=copy)
+        flat = at.add(values, copy=copy, xp=xp) if add else at.set(values, copy=copy, xp=xp)
         return xp.reshape(flat, (n, num_classes))
     hit = xp.arange(num_classes, device=get_device(g)) == cols[:, None]
     v = _col(xp, values)
@@ -138,7 +138,7 @@ def _log_softmax_parts(
     xm = x if mask is None else xp.where(mask, x, -math.inf)
     top = xp.astype(xp.argmax(xm, axis=-1), offsets.dtype, copy=False)  # some devices lack int64
     z = xm - xp.take(xp.reshape(xm, (-1,)), offsets + top)[:, None]
-    e = _put_per_row(xp, xp.exp(z), top, 0.0, add=False, inplace=inplace)
+    e = _put_per_row(xp, xp.exp(z), offsets, top, 0.0, add=False, inplace=inplace)
     s = xp.sum(e, axis=-1, keepdims=True)
     return z, e, s, top
 
@@ -489,7 +489,7 @@ def _block(
                 wq_top = xp.take(xp.reshape(wq, (-1,)), offsets + top)[:, None]
                 top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
                 g = e * (q_w * r / norm) - wq * r
-                g = _put_per_row(xp, g, top, _row(xp, top_val), add=False, inplace=sp.inplace)
+                g = _put_per_row(xp, g, offsets, top, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.want_target_grad:
             # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
             alpha = (1.0 - eps) if sp.convention == "uniform" else a
@@ -523,7 +523,7 @@ def _block(
             g = e * (q_w_r / norm)  # e is 0 at the maximum, set exactly below
             if off is not None:
                 g = g - off
-        g = _put_per_row(xp, g, y, -_row(xp, on), add=True, inplace=sp.inplace)
+        g = _put_per_row(xp, g, offsets, y, -_row(xp, on), add=True, inplace=sp.inplace)
         if not sp.log_probs:
             top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
             if eps > 0.0:
@@ -534,7 +534,7 @@ def _block(
                 else:
                     cw_top = xp.take(xp.reshape(cw, (-1,)), offsets + top)[:, None]
                 top_val = top_val + (b * (s_w - cw_top)) * r
-            g = _put_per_row(xp, g, top, _row(xp, top_val), add=False, inplace=sp.inplace)
+            g = _put_per_row(xp, g, offsets, top, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.guard_rows:
             g = xp.where(valid[:, None], g, 0.0)
     return row, g, None
