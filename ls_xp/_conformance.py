@@ -89,18 +89,7 @@ def check_reference(tgt: _backends.Target, dname: str, dtype: Any) -> list[dict[
 
 
 def _rounded_problem(p: _sweep.Problem, tgt: _backends.Target, dtype: Any) -> _sweep.Problem:
-    def r(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else _round_like(a, tgt, dtype)
-
-    return _sweep.Problem(
-        r(p.logits),
-        r(p.target) if p.soft else p.target,
-        p.smoothing,
-        p.reduction,  # type: ignore[arg-type]
-        r(p.weight),
-        p.ignore_index,
-        dict(p.kwargs),
-    )
+    return _sweep.rounded(p, lambda a: _round_like(a, tgt, dtype))
 
 
 def check_sweep(tgt: _backends.Target, dname: str, dtype: Any, seeds: range) -> list[dict[str, Any]]:

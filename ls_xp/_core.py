@@ -329,6 +329,15 @@ def _evaluate(
         inplace=inplace,
     )  # fmt: skip
     w_sum = None if w is None else xp.sum(w)
+
+    def _fill(buf: Array | None, sl: slice, block: Array | None) -> Array | None:
+        """Write a block's rows into ``buf`` (allocated on first use), in place if possible."""
+        if block is None:
+            return buf
+        if buf is None:
+            buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
+        return xpx.at(buf, (sl, slice(None))).set(block)
+
     rows, grads, tgrads = [], [], []
     step = _block_rows(x, chunk_size)
     grad_buf = tgrad_buf = None
@@ -349,14 +358,8 @@ def _evaluate(
             grads.append(g)
             tgrads.append(tg)
             continue
-        if g is not None:
-            if grad_buf is None:
-                grad_buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
-            grad_buf = xpx.at(grad_buf, (sl, slice(None))).set(g)
-        if tg is not None:
-            if tgrad_buf is None:
-                tgrad_buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
-            tgrad_buf = xpx.at(tgrad_buf, (sl, slice(None))).set(tg)
+        grad_buf = _fill(grad_buf, sl, g)
+        tgrad_buf = _fill(tgrad_buf, sl, tg)
     row = rows[0] if len(rows) == 1 else xp.concat(rows)
 
     loss = None

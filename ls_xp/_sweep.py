@@ -8,6 +8,7 @@ log-probability input and the KL form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,19 +94,20 @@ def evaluate(problem: Problem, xp: Any, dtype: Any, device: Any = None) -> tuple
     return loss, grad
 
 
-def rounded(problem: Problem, np_dtype: Any) -> Problem:
-    """The problem with its floating inputs rounded to ``np_dtype`` (held in float64)."""
+def rounded(problem: Problem, round_array: Callable[[np.ndarray], np.ndarray]) -> Problem:
+    """The problem with its floating inputs passed through ``round_array`` (e.g. rounded
+    to a lower precision and held in float64)."""
 
     def r(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a.astype(np_dtype).astype(np.float64)
+        return None if a is None else round_array(a)
 
     target = r(problem.target) if problem.soft else problem.target
     return Problem(
-        r(problem.logits),
-        target,
+        r(problem.logits),  # type: ignore[arg-type]
+        target,  # type: ignore[arg-type]
         problem.smoothing,
         problem.reduction,
-        r(problem.weight),  # type: ignore[arg-type]
+        r(problem.weight),
         problem.ignore_index,
         dict(problem.kwargs),
     )

@@ -8,7 +8,7 @@ import numpy as np
 
 from ls_xp._sweep import Problem, random_problem
 
-__all__ = ["Problem", "call", "random_problem", "torch_reference"]
+__all__ = ["NumpyXB", "Problem", "call", "random_problem", "torch_reference"]
 
 
 def torch_reference(p: Problem, logits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -33,3 +33,15 @@ def call(fn: Any, xb: Any, p: Problem, dtype: str, **extra: Any) -> Any:
         xb.asarray(p.logits, dtype), target, p.smoothing, reduction=p.reduction, weight=weight,
         ignore_index=p.ignore_index, axis=1, **{**p.kwargs, **extra},
     )  # fmt: skip
+
+
+class NumpyXB:
+    """The NumPy namespace as a minimal ``xb`` for :func:`call`: float inputs as float64,
+    and no copy of arrays that already are (read-only inputs stay the caller's)."""
+
+    from array_api_compat import numpy as xp
+
+    device = "cpu"
+
+    def asarray(self, a: Any, dtype: str | None = None) -> Any:
+        return np.asarray(a, dtype=np.float64 if dtype else None)
