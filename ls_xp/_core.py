@@ -92,55 +92,88 @@ def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero
 
 
 @functools.cache
-def _has_index_assignment(xp: ModuleType) -> bool:
-    """Whether ``xpx.at`` can assign through integer-array indices in this namespace.
+def _scatters_in_place(xp: ModuleType) -> bool:
+    """Whether ``xpx.at`` writes through integer-array indices in place in this namespace.
 
-    The standard does not require integer-array *assignment* (array-api-strict refuses
-    it); where it is missing, :func:`_put_per_row` falls back to a dense comparison.
+    True for NumPy, PyTorch, CuPy and Dask; False for JAX (immutable arrays) and
+    array-api-strict (the standard does not require integer-array *assignment*). Where it
+    is False, one entry per row is picked with a boolean mask instead (see :class:`_Picks`).
     """
+    probe = xp.zeros(2)
     try:
-        xpx.at(xp.zeros(2), xp.asarray([1])).set(1.0)
+        xpx.at(probe, xp.asarray([1])).set(1.0, copy=None)
     except (IndexError, TypeError, NotImplementedError, ValueError):
         return False
-    return True
+    return is_writeable_array(probe)
+
+
+@dataclass(frozen=True)
+class _Picks:
+    """How a block of shape (n, K) reads and writes one entry per row, ``[i, cols[i]]``.
+
+    ``offsets`` (``arange(n) * K``) turns columns into flat indices of the (n*K,) view,
+    used for gathers and, on eager mutable arrays, for in-place scatters. ``dense`` picks
+    with boolean masks ``classes == cols[:, None]`` instead: for lazy or immutable arrays
+    (JAX, Dask, array-api-strict), where a comparison fuses into the elementwise passes
+    under a compiler and a scatter would not.
+    """
+
+    offsets: Array
+    classes: Array
+    dense: bool
+
+
+def _at(pk: _Picks, cols: Array) -> Array:
+    """Where the entries [i, cols[i]] lie: flat indices, or a boolean (n, K) mask."""
+    return pk.classes == cols[:, None] if pk.dense else pk.offsets + cols
+
+
+def _take_per_row(xp: ModuleType, a: Array, pk: _Picks, cols: Array) -> Array:
+    """``a[i, cols[i]]`` for every row i, shape (n,)."""
+    return xp.take(xp.reshape(a, (-1,)), pk.offsets + cols)
 
 
 def _put_per_row(
-    xp: ModuleType, g: Array, offsets: Array, cols: Array, values: float | Array, *, add: bool, inplace: bool
+    xp: ModuleType, g: Array, at: Array, values: float | Array, *, add: bool, inplace: bool
 ) -> Array:
-    """``g[n, cols[n]] = values[n]`` (or ``+=``) for every row n: one entry per row.
+    """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = _at(pk, cols)``.
 
-    ``offsets`` is ``arange(N) * K``. In place where ``g`` is ours and writeable
-    (``inplace``), a functional update otherwise (JAX), a dense comparison where the
-    namespace has no index assignment.
+    In place where ``g`` is ours (``inplace``) and ``at`` holds indices; a boolean mask
+    ``at`` gives an elementwise select.
     """
+    if at.ndim == 2:
+        v = _col(xp, values)
+        return xp.where(at, g + v if add else v, g)
     n, num_classes = g.shape
-    if _has_index_assignment(xp):
-        at = xpx.at(xp.reshape(g, (-1,)), offsets + cols)
-        copy = None if inplace else True
-        flat = at.add(values, copy=copy, xp=xp) if add else at.set(values, copy=copy, xp=xp)
-        return xp.reshape(flat, (n, num_classes))
-    hit = xp.arange(num_classes, device=get_device(g)) == cols[:, None]
-    v = _col(xp, values)
-    return xp.where(hit, g + v if add else v, g)
+    pos = xpx.at(xp.reshape(g, (-1,)), at)
+    copy = None if inplace else True
+    flat = pos.add(values, copy=copy, xp=xp) if add else pos.set(values, copy=copy, xp=xp)
+    return xp.reshape(flat, (n, num_classes))
 
 
 def _log_softmax_parts(
-    xp: ModuleType, x: Array, mask: Array | None, offsets: Array, inplace: bool
-) -> tuple[Array, Array, Array, Array]:
+    xp: ModuleType, x: Array, mask: Array | None, pk: _Picks, inplace: bool
+) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Shifted logits z = x - max, exp(z) but 0 at the maximum, and s with
     lse(x) = max + log1p(s), per row.
 
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
-    Returns (z, e, s, top).
+    Returns (z, e, s, top, where top lies, the row maxima as a column).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
-    top = xp.astype(xp.argmax(xm, axis=-1), offsets.dtype, copy=False)  # some devices lack int64
-    z = xm - xp.take(xp.reshape(xm, (-1,)), offsets + top)[:, None]
-    e = _put_per_row(xp, xp.exp(z), offsets, top, 0.0, add=False, inplace=inplace)
+    if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
+        x_max = xp.max(xm, axis=-1, keepdims=True)
+        last = xm.shape[-1] - 1  # also where a NaN row points
+        top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1)
+    else:
+        top = xp.astype(xp.argmax(xm, axis=-1), pk.offsets.dtype, copy=False)  # some devices lack int64
+        x_max = _take_per_row(xp, xm, pk, top)[:, None]
+    z = xm - x_max
+    top_at = _at(pk, top)
+    e = _put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
     s = xp.sum(e, axis=-1, keepdims=True)
-    return z, e, s, top
+    return z, e, s, top, top_at, x_max
 
 
 def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
@@ -340,10 +373,12 @@ def _evaluate(
 
     rows, grads, tgrads = [], [], []
     step = _block_rows(x, chunk_size)
+    dense = not (_scatters_in_place(xp) and _checks.is_concrete(x))
+    offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
     grad_buf = tgrad_buf = None
     if want_grad and overwrite_logits and _can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
-    for lo in range(0, max(n_rows, 1), step):
+    for lo in range(0, n_rows, step):
         hi = min(n_rows, lo + step)
         sl = slice(lo, hi)
         row, g, tg = _block(
@@ -352,6 +387,7 @@ def _evaluate(
             valid=None if valid is None else valid[sl], bad=None if bad is None else bad[sl],
             m=None if m is None else m[sl, ...], w=w, w_y=None if soft or w_y is None else w_y[sl],
             w_sum=w_sum, factor=factor if isinstance(factor, float) else factor[sl],
+            pk=_Picks(offsets[: hi - lo], classes, dense),
         )  # fmt: skip
         rows.append(row)
         if step >= n_rows and grad_buf is None:  # one block: no assembly
@@ -360,6 +396,10 @@ def _evaluate(
             continue
         grad_buf = _fill(grad_buf, sl, g)
         tgrad_buf = _fill(tgrad_buf, sl, tg)
+    if not rows:  # an empty batch: nothing to evaluate (lazy reductions refuse empty input)
+        rows.append(xp.zeros((0,), dtype=dt, device=dev))
+        grads.append(xp.zeros((0, num_classes), dtype=dt, device=dev) if want_grad else None)
+        tgrads.append(xp.zeros((0, num_classes), dtype=dt, device=dev) if spec.want_target_grad else None)
     row = rows[0] if len(rows) == 1 else xp.concat(rows)
 
     loss = None
@@ -444,11 +484,11 @@ def _block(
     w_y: Array | None,
     w_sum: Array | None,
     factor: float | Array,
+    pk: _Picks,
 ) -> tuple[Array, Array | None, Array | None]:
     """Per-row losses, and the gradient rows times ``factor``, for one block of rows."""
-    n, num_classes = x.shape
+    num_classes = x.shape[1]
     eps = sp.eps
-    offsets = xp.arange(n, device=get_device(x)) * num_classes
     # allowed classes per row and the (masked) class weights cw; S_w = sum_c cw_c
     if m is None:
         k_n: float | Array = float(num_classes)
@@ -466,9 +506,9 @@ def _block(
     if sp.log_probs:
         z = x if m is None else xp.where(m, x, 0.0)
         l1: float | Array = 0.0
-        e = s = top = None
+        e = s = top = top_at = x_max = None
     else:
-        z, e, s, top = _log_softmax_parts(xp, x, m, offsets, sp.inplace)
+        z, e, s, top, top_at, x_max = _log_softmax_parts(xp, x, m, pk, sp.inplace)
         l1 = xp.log1p(s)
     l1_n = _row(xp, l1)
     r = _col(xp, factor)
@@ -489,10 +529,10 @@ def _block(
                 g = -wq * r
             else:
                 norm = 1.0 + s
-                wq_top = xp.take(xp.reshape(wq, (-1,)), offsets + top)[:, None]
+                wq_top = _take_per_row(xp, wq, pk, top)[:, None]
                 top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
                 g = e * (q_w * r / norm) - wq * r
-                g = _put_per_row(xp, g, offsets, top, _row(xp, top_val), add=False, inplace=sp.inplace)
+                g = _put_per_row(xp, g, top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.want_target_grad:
             # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
             alpha = (1.0 - eps) if sp.convention == "uniform" else a
@@ -501,7 +541,8 @@ def _block(
         return row, g, tg
 
     wy = 1.0 if w_y is None else w_y
-    z_y = xp.take(xp.reshape(z, (-1,)), offsets + y)
+    x_y = _take_per_row(xp, x, pk, y)  # from the input: y is never masked
+    z_y = x_y if x_max is None else x_y - _row(xp, x_max)
     row = a_n * wy * (l1_n - z_y)
     if eps > 0.0:
         # sum_c w_c (-log p_c) = S_w l1 + sum_c w_c (-z_c)
@@ -526,7 +567,7 @@ def _block(
             g = e * (q_w_r / norm)  # e is 0 at the maximum, set exactly below
             if off is not None:
                 g = g - off
-        g = _put_per_row(xp, g, offsets, y, -_row(xp, on), add=True, inplace=sp.inplace)
+        g = _put_per_row(xp, g, _at(pk, y), -_row(xp, on), add=True, inplace=sp.inplace)
         if not sp.log_probs:
             top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
             if eps > 0.0:
@@ -535,9 +576,9 @@ def _block(
                 elif cw.ndim == 1:
                     cw_top = xp.take(cw, top)[:, None]
                 else:
-                    cw_top = xp.take(xp.reshape(cw, (-1,)), offsets + top)[:, None]
+                    cw_top = _take_per_row(xp, cw, pk, top)[:, None]
                 top_val = top_val + (b * (s_w - cw_top)) * r
-            g = _put_per_row(xp, g, offsets, top, _row(xp, top_val), add=False, inplace=sp.inplace)
+            g = _put_per_row(xp, g, top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.guard_rows:
             g = xp.where(valid[:, None], g, 0.0)
     return row, g, None

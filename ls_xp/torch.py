@@ -2,10 +2,12 @@
 
 ``ls_xp.cross_entropy`` (and ``kl_divergence``) route here when a tensor needs
 gradients. The forward pass evaluates the loss *and* the analytic gradient in one blocked
-pass of the core and saves only that gradient (and, for probability targets that require
-grad, the gradient for the target), not log-probabilities and temporaries. The backward
-pass hands the saved gradient back (scaled by the incoming gradient when that is not 1),
-so PyTorch's accumulation takes it without a copy.
+pass of the core and keeps only that gradient (and, for probability targets that require
+grad, the gradient for the target), not log-probabilities and temporaries. The first
+backward pass hands that buffer over to autograd (scaled in place by the incoming gradient
+when that is not 1) and drops its own reference, so PyTorch's accumulation into ``.grad``
+takes it without a copy; a later backward through a retained graph recomputes it from the
+saved logits.
 
 Double backward (``create_graph=True``, ``gradgradcheck``, Hessian-vector products)
 recomputes the gradient from the saved logits with differentiable tensor operations, so
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ls_xp import _api, _core
+from ls_xp import _api, _checks, _core
 
 __all__ = ["LabelSmoothingCrossEntropy", "cross_entropy", "kl_divergence"]
 
@@ -84,8 +86,14 @@ class _LabelSmoothingCE(torch.autograd.Function):
         _, grad, tgrad = output
         ctx.options = options
         ctx.has_grad, ctx.has_tgrad = grad is not None, tgrad is not None
-        ctx.save_for_backward(logits, target, weight, where, grad, tgrad)
         ctx.mark_non_differentiable(*(t for t in (grad, tgrad) if t is not None))
+        if _checks.is_concrete(grad if grad is not None else tgrad):
+            # kept out of save_for_backward so that backward can give the buffers away
+            ctx.buffers = (grad, tgrad)
+            grad = tgrad = None
+        else:  # under torch.func transforms tensors must be saved the standard way
+            ctx.buffers = None
+        ctx.save_for_backward(logits, target, weight, where, grad, tgrad)
         ctx.set_materialize_grads(False)  # no N x K zeros for the extra outputs' gradients
 
     @staticmethod
@@ -94,8 +102,14 @@ class _LabelSmoothingCE(torch.autograd.Function):
             return None, None, None, None, None, None
         logits, target, weight, where, grad, tgrad = ctx.saved_tensors
         opts = ctx.options
-        if torch.is_grad_enabled():
-            # create_graph: recompute the analytic gradient with differentiable operations
+        differentiable = torch.is_grad_enabled()  # create_graph=True
+        owned = False
+        if not differentiable and ctx.buffers:
+            (grad, tgrad), ctx.buffers = ctx.buffers, ()  # given away below
+            owned = True
+        elif differentiable or ctx.buffers == ():
+            # recompute the analytic gradient: with differentiable operations under
+            # create_graph, or because an earlier backward gave the buffers away
             _, grad, tgrad = _core._evaluate(
                 logits,
                 target,
@@ -104,11 +118,12 @@ class _LabelSmoothingCE(torch.autograd.Function):
                 want_target_grad=ctx.has_tgrad,
                 weight=weight,
                 where=where,
-                inplace=False,  # these tensors are part of the graph being built
+                inplace=not differentiable,  # under create_graph the tensors join the graph
                 **opts,
             )
+            owned = not differentiable
         scale = _broadcastable(grad_out, logits.ndim, opts["axis"], opts["reduction"])
-        return _scaled(grad, scale), _scaled(tgrad, scale), None, None, None, None
+        return _scaled(grad, scale, owned), _scaled(tgrad, scale, owned), None, None, None, None
 
 
 def _broadcastable(grad_out: torch.Tensor, ndim: int, axis: int, reduction: str) -> torch.Tensor:
@@ -117,11 +132,14 @@ def _broadcastable(grad_out: torch.Tensor, ndim: int, axis: int, reduction: str)
     return grad_out
 
 
-def _scaled(g: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor | None:
+def _scaled(g: torch.Tensor | None, scale: torch.Tensor, owned: bool) -> torch.Tensor | None:
+    """``g * scale``; in place in a buffer that is ``owned`` (ours to give away)."""
     if g is None:
         return None
     if scale.ndim == 0 and not g.requires_grad and _is_one(scale):
-        return g  # loss.backward(): hand the saved buffer over, no copy
+        return g  # loss.backward(): the buffer as it is
+    if owned and not scale.requires_grad:
+        return g.mul_(scale.to(g.dtype))
     return g * scale
 
 

@@ -74,8 +74,9 @@ def test_gradcheck_and_gradgradcheck(torch, kl, convention, reduction):
 
 
 def test_backward_keeps_only_the_gradient(torch):
-    """The autograd node saves the logits (the caller's tensor, no copy) and one N x K
-    gradient; PyTorch's native loss saves its N x K log-probabilities and more."""
+    """The autograd node saves the logits (the caller's tensor, no copy) and keeps one N x K
+    gradient, which the backward pass hands to ``.grad`` without a copy; PyTorch's native
+    loss saves its N x K log-probabilities and more."""
     n, k = 64, 1000
     x = torch.randn(n, k, requires_grad=True)
     y = torch.randint(0, k, (n,))
@@ -88,14 +89,15 @@ def test_backward_keeps_only_the_gradient(torch):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = ls_xp.cross_entropy(x, y, 0.1)
     big = [t for t in saved if t.numel() >= n * k]
-    assert len(big) == 2
-    assert any(t.data_ptr() == x.data_ptr() for t in big)  # the input itself, not a copy
-    new_bytes = sum(t.numel() * t.element_size() for t in big if t.data_ptr() != x.data_ptr())
-    assert new_bytes == n * k * 4  # exactly one float32 N x K buffer: the gradient
+    assert [t.data_ptr() for t in big] == [x.data_ptr()]  # the input itself, not a copy
+    kept = [t for t in loss.grad_fn.buffers if t is not None]
+    assert [(t.shape, t.dtype) for t in kept] == [((n, k), torch.float32)]  # one N x K buffer
+    ptr = kept[0].data_ptr()
+    del kept
     loss.backward()
-    grad = x.grad
-    # the saved gradient was handed over without a copy
-    np.testing.assert_allclose(grad.numpy(), ls_xp.cross_entropy_grad(x.detach(), y, 0.1).numpy(), rtol=1e-6)
+    assert x.grad.data_ptr() == ptr  # handed over, not copied
+    expected = ls_xp.cross_entropy_grad(x.detach(), y, 0.1)
+    np.testing.assert_allclose(x.grad.numpy(), expected.numpy(), rtol=1e-6)
 
 
 def test_backward_scales_by_the_incoming_gradient(torch):
@@ -121,6 +123,25 @@ def test_retain_graph_twice(torch):
     loss.backward()
     expected = 2 * ls_xp.cross_entropy_grad(x.detach(), y, 0.1)
     np.testing.assert_allclose(x.grad.numpy(), expected.numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_backward_gives_its_buffer_away_once(torch, scale):
+    # the first backward hands the forward's gradient buffer to autograd (scaled in place);
+    # later backwards through the retained graph recompute it and must not touch .grad
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.softmax(torch.randn(5, 7, dtype=torch.float64), -1).requires_grad_()
+    loss = scale * ls_xp.cross_entropy(x, t, 0.2, reduction="sum")
+    g1 = torch.autograd.grad(loss, (x, t), retain_graph=True)
+    g2 = torch.autograd.grad(loss, (x, t), retain_graph=True)
+    loss.backward()
+    expected = scale * ls_xp.cross_entropy_grad(x.detach(), t.detach(), 0.2, reduction="sum")
+    for first, second in zip(g1, g2, strict=True):
+        assert first.data_ptr() != second.data_ptr()
+        np.testing.assert_array_equal(first.numpy(), second.numpy())
+    np.testing.assert_allclose(g1[0].numpy(), expected.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(x.grad.numpy(), expected.numpy(), rtol=1e-14)
+    assert t.grad is not None and torch.equal(t.grad, g1[1])
 
 
 def test_weight_gradient_is_refused_like_torch(torch):
