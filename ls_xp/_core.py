@@ -443,7 +443,7 @@ class _Spec:
 
 
 # elements per block: temporaries of a block stay cache-sized (a few MB)
-_BLOCK_ELEMENTS = 1 << 18
+_BLOCK_ELEMENTS = 1 << 19
 
 
 def _can_overwrite(logits: Array, axis: int, dtype: Any) -> bool:
