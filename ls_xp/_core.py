@@ -323,7 +323,7 @@ def _evaluate(
     classes = xp.arange(num_classes, device=dev)
     if m is not None:
         need = 2 if (convention == "others" and eps > 0) else 1
-        few = xp.sum(xp.astype(m, classes.dtype), axis=-1) < need
+        few = xp.sum(xp.astype(m, classes.dtype), axis=-1, dtype=classes.dtype) < need
         if _checks.any_true(xp, few):
             raise ValueError(
                 f"where leaves fewer than {need} allowed class(es) in some row"

@@ -104,6 +104,18 @@ def test_check_device_filter():
     assert report["cells"][0]["status"] == "pass"
 
 
+def test_check_passes_on_every_array_api_strict_device():
+    # the emulated devices (no float64, no 64-bit integers) are only run here and by
+    # `ls-xp check`; every keyword of the sweep must work on each of them
+    pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    report = _conformance.run(["array_api_strict"], None, ["float32", "float64"], sweep=12)
+    ran = [c for c in report["cells"] if c["status"] != "skipped"]
+    assert {c["target"] for c in ran} >= {"array_api_strict/no_x64", "array_api_strict/no_float64"}
+    assert report["failed"] == 0, [c["failures"] for c in report["cells"] if c["status"] == "fail"]
+    skipped = [c for c in report["cells"] if c["status"] == "skipped"]
+    assert all(c["dtype"] == "float64" and "no float64" in c["reason"] for c in skipped)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
 def test_check_native_parity_runs_where_there_is_a_peer(backend):
     pytest.importorskip(backend, reason=f"{backend} is not installed")
