@@ -156,6 +156,15 @@ def _put_per_row(
     return xp.reshape(flat, (n, num_classes))
 
 
+def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
+    """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
+    two block-sized temporaries."""
+    if not inplace:
+        return a * scale if shift is None else a * scale - shift
+    out = xpx.at(a)[...].multiply(scale, copy=None, xp=xp)
+    return out if shift is None else xpx.at(out)[...].subtract(shift, copy=None, xp=xp)
+
+
 def _log_softmax_parts(
     xp: ModuleType, x: Array, mask: Array | None, pk: _Picks, inplace: bool
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
@@ -571,9 +580,9 @@ def _block(
         else:
             q_w_r = (a_w_y + b * s_w) * r
             norm = 1.0 + s
-            g = e * (q_w_r / norm)  # e is 0 at the maximum, set exactly below
-            if off is not None:
-                g = g - off
+            # e q_w r / (1 + s) - off, in place in e where e is ours; e is 0 at the
+            # maximum, set exactly below
+            g = _scale_shift(xp, e, q_w_r / norm, off, inplace=sp.inplace and not pk.dense)
         g = _put_per_row(xp, g, _at(pk, y), -_row(xp, on), add=True, inplace=sp.inplace)
         if not sp.log_probs:
             top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
