@@ -547,7 +547,7 @@ def _block(
                 norm = 1.0 + s
                 wq_top = _take_per_row(xp, wq, pk, top)[:, None]
                 top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
-                g = e * (q_w * r / norm) - wq * r
+                g = _scale_shift(xp, e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
                 g = _put_per_row(xp, g, top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
         if sp.want_target_grad:
             # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
