@@ -24,13 +24,13 @@ def _loss(*args: Any, kl: bool, **kwargs: Any) -> Array:
     if is_torch_array(logits):
         from ls_xp import torch as adapter
 
-        if adapter.wants_autograd(args[0], args[1], kwargs.get("weight")):
+        if adapter.wants_autograd(args[0], args[1], kwargs.get("weight"), args[2]):
             return adapter.loss(*args, kl=kl, **kwargs)
     elif is_jax_array(logits):
-        from ls_xp import jax as adapter
+        from ls_xp import jax as jax_adapter
 
-        return adapter.loss(*args, kl=kl, **kwargs)
-    return _evaluate(*args, kl=kl, want_loss=True, want_grad=False, **kwargs)[0]
+        return jax_adapter.loss(*args, kl=kl, **kwargs)
+    return _evaluate(*args, kl=kl, want_loss=True, want_grad=False, **kwargs).loss
 
 
 def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Array | None, Array | None]:
@@ -39,10 +39,10 @@ def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Array | None, A
         from ls_xp import torch as adapter
 
         with adapter.no_grad():
-            loss, grad, _ = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
-        return loss, grad
-    loss, grad, _ = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
-    return loss, grad
+            res = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
+        return res.loss, res.grad
+    res = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
+    return res.loss, res.grad
 
 
 _SHARED_DOC = """

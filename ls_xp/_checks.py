@@ -4,16 +4,32 @@ Checks on *shapes, dtypes and Python parameters* always run. Checks on array *va
 (label ranges, negative weights, empty ``where`` rows) run only when the values are
 concrete: not under ``jax.jit`` tracing and not on Dask arrays. There the core turns
 the offending rows into NaN instead, so a bad input never yields a plausible number.
+
+Scalars are accepted the way NumPy accepts them: an integer parameter takes anything
+with ``__index__`` (Python and NumPy integers, 0-d integer arrays), a real parameter
+anything ``float()`` reads (Python and NumPy numbers, concrete 0-d arrays), a boolean
+parameter only ``True``/``False`` (and NumPy booleans). Booleans are refused where a
+number is expected.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from types import ModuleType
 from typing import Any
 
-from array_api_compat import is_jax_array, is_lazy_array, is_torch_array
+from array_api_compat import (
+    array_namespace,
+    is_array_api_obj,
+    is_dask_array,
+    is_jax_array,
+    is_lazy_array,
+    is_numpy_array,
+    is_torch_array,
+)
+from array_api_compat import device as get_device
 
 REDUCTIONS = ("mean", "sum", "none")
 CONVENTIONS = ("uniform", "others")
@@ -38,16 +54,123 @@ def is_concrete(x: Any) -> bool:
     return not is_lazy_array(x)
 
 
-def check_smoothing(smoothing: Any) -> float:
-    if isinstance(smoothing, (bool, str, bytes)):
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool" or (
+        getattr(value, "dtype", None) is not None and str(value.dtype) == "bool"
+    )
+
+
+def as_int(value: Any, name: str) -> int:
+    """An integer parameter: Python or NumPy integers, 0-d integer arrays (not bool)."""
+    if _is_bool(value):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def as_real(value: Any, name: str) -> float:
+    """A real parameter: Python or NumPy numbers, concrete 0-d real arrays (not bool)."""
+    if _is_bool(value) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and "complex" in str(dtype):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a real number, got {value!r}") from exc
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A flag: True or False only (NumPy booleans too); anything else is a TypeError."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_" or type(value).__name__ == "bool":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _library(a: Any) -> str:
+    return type(a).__module__.split(".")[0]
+
+
+def same_namespace(xp: ModuleType, device: Any, value: Any, name: str, like: str = "logits") -> Any:
+    """``value`` as an array of ``xp`` on ``device``; the ``like`` argument decides both.
+
+    NumPy arrays and scalars, Python numbers and sequences are converted (what data loaders
+    yield, as optax does with ``jnp.asarray``). An array of another array library, or of
+    the same library on another device, is an error naming the argument: converting it
+    would copy across devices or drop an autodiff dependency behind the caller's back.
+    """
+    if value is None:
+        return None
+    if is_array_api_obj(value) and not is_numpy_array(value):
+        try:
+            other = array_namespace(value)
+        except TypeError:
+            other = None
+        if other is not xp:
+            raise TypeError(
+                f"{name} is a {_library(value)} array but {like} is a {_library_of(xp)} array; "
+                f"pass {name} as a {_library_of(xp)} array (or a NumPy array, which is converted)"
+            )
+        dev = get_device(value)
+        if device is not None and dev is not None and dev != device:
+            raise ValueError(
+                f"{name} is on device {dev!r} but {like} is on device {device!r}; "
+                f"move {name} to {device!r} first"
+            )
+        return value
+    if is_dask_array(value):  # pragma: no cover - is_array_api_obj covers Dask
+        return value
+    try:
+        return xp.asarray(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} could not be converted to an array like {like}: {value!r}") from exc
+
+
+def _library_of(xp: ModuleType) -> str:
+    name = xp.__name__
+    if name.startswith("array_api_compat."):
+        name = name.split(".")[1]
+    return name.split(".")[0]
+
+
+def check_smoothing(xp: ModuleType | None, smoothing: Any, dtype: Any = None, device: Any = None) -> Any:
+    """The smoothing factor as a Python float, or as a 0-d array of ``xp`` where it must
+    stay one: traced (``jax.jit``, ``jax.grad``) or requiring grad (PyTorch).
+
+    The range [0, 1] is checked where the value can be read; an out-of-range value that
+    cannot be read becomes NaN, so the loss is NaN rather than a plausible number.
+    """
+    if _is_bool(smoothing) or isinstance(smoothing, (str, bytes)):
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}")
+    keep = xp is not None and is_array_api_obj(smoothing) and not is_numpy_array(smoothing)
+    if keep and (not is_concrete(smoothing) or getattr(smoothing, "requires_grad", False)):
+        if getattr(smoothing, "ndim", 0) != 0:
+            raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(smoothing.shape)}")
+        assert xp is not None
+        s = same_namespace(xp, device, smoothing, "smoothing")
+        s = xp.astype(s, dtype) if dtype is not None else s
+        if is_concrete(s):
+            _check_range(float(s), smoothing)  # PyTorch tensors that require grad
+            return s
+        return xp.where((s >= 0.0) & (s <= 1.0), s, math.nan)
+    if getattr(smoothing, "ndim", 0) not in (0, None):
+        raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(smoothing.shape)}")
     try:
         value = float(smoothing)  # Python and NumPy scalars, concrete 0-d arrays
     except (TypeError, ValueError) as exc:
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}") from exc
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
+    _check_range(value, smoothing)
     return value
+
+
+def _check_range(value: float, given: Any) -> None:
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got {given!r}")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -58,16 +181,24 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"{name} must be an int, got {axis!r}")
-    if not -ndim <= axis < ndim:
+    ax = as_int(axis, name)
+    if not -ndim <= ax < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
-    return axis % ndim
+    return ax % ndim
 
 
 def check_floating(xp: ModuleType, x: Any, name: str) -> None:
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+
+
+def check_known_shape(x: Any, name: str) -> tuple[int, ...]:
+    """The shape as ints; Dask arrays with unknown chunk sizes get the fix in the message."""
+    shape = tuple(x.shape)
+    if any(s is None or s != s for s in shape):  # noqa: PLR0124 (NaN: Dask's unknown size)
+        hint = " (a Dask array with unknown chunk sizes: call .compute_chunk_sizes() first)"
+        raise ValueError(f"{name} must have a known shape, got {shape}{hint if is_dask_array(x) else ''}")
+    return shape
 
 
 def check_num_classes(num_classes: int, convention: str, name: str = "number of classes") -> None:

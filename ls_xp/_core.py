@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, is_writeable_array
@@ -74,10 +74,20 @@ def _smoothing_coefficients(
     return 1.0 - eps - b, b
 
 
-def _weighted(xp: ModuleType, coef: Array | None, v: Array) -> Array:
-    """``coef * v`` with the convention 0 * (+-inf) = 0 (a class with no mass adds nothing)."""
+def _is_zero(v: float | Array) -> bool:
+    """True only for a Python 0.0: an array eps (traced, or requiring grad) may be anything."""
+    return isinstance(v, float) and v == 0.0
+
+
+def _weighted(xp: ModuleType, coef: float | Array | None, v: float | Array) -> Any:
+    """``coef * v`` with the convention 0 * (+-inf) = 0: a class or term with no target
+    mass adds nothing, whatever its logit. ``None`` means 1."""
     if coef is None:
         return v
+    if isinstance(coef, float):
+        if coef != 0.0:
+            return coef * v
+        return 0.0 if isinstance(v, float) else xp.zeros_like(v)
     return coef * xp.where(coef != 0, v, 0.0)
 
 
@@ -86,6 +96,13 @@ def _xlogx(xp: ModuleType, u: Array | float) -> Array | float:
     if isinstance(u, float):
         return u * math.log(u) if u > 0 else 0.0
     return xp.where(u > 0, u * xp.log(xp.where(u > 0, u, 1.0)), 0.0)
+
+
+def _log_plus_one(xp: ModuleType, u: Array | float) -> Array | float:
+    """log u + 1, the derivative of u log u: -inf at u = 0 (without a warning)."""
+    if isinstance(u, float):
+        return math.log(u) + 1.0 if u > 0 else -math.inf
+    return xp.where(u > 0, xp.log(xp.where(u > 0, u, 1.0)) + 1.0, -math.inf)
 
 
 def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero: float) -> Array | float:
@@ -197,14 +214,14 @@ def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array
     return xp.moveaxis(a, source, destination)
 
 
-def _row(xp: ModuleType, v: float | Array) -> float | Array:
+def _row(xp: ModuleType, v: float | Array) -> Any:
     """A per-row quantity kept as (N, 1) for broadcasting, flattened to (N,)."""
-    return v if isinstance(v, float) else xp.reshape(v, (-1,))
+    return v if isinstance(v, float) or v.ndim == 0 else xp.reshape(v, (-1,))
 
 
-def _col(xp: ModuleType, v: float | Array) -> float | Array:
+def _col(xp: ModuleType, v: float | Array) -> Any:
     """A per-row quantity of shape (N,) made (N, 1) to broadcast over classes."""
-    return v if isinstance(v, float) else v[:, None]
+    return v if isinstance(v, float) or v.ndim == 0 else v[:, None]
 
 
 # --------------------------------------------------------------------------------------
@@ -230,6 +247,12 @@ def _class_weight(xp: ModuleType, weight: Array | None, num_classes: int, dtype:
 
 
 def _class_mask(xp: ModuleType, where: Array | None, shape: tuple[int, ...], axis: int) -> Array | None:
+    """``where`` broadcast to the logits and laid out as (N, K).
+
+    It broadcasts like any array: a 1-D ``where`` of length K is therefore one class mask
+    for every row. (optax's ``where`` in ``softmax_cross_entropy`` is the same; its
+    ``safe_softmax_cross_entropy``-style per-example masks are ``ignore_index`` here.)
+    """
     if where is None:
         return None
     if where.dtype != xp.bool:
@@ -269,113 +292,225 @@ def _is_probability_target(xp: ModuleType, logits: Array, target: Array, axis: i
 
 
 # --------------------------------------------------------------------------------------
-# the one evaluation
+# the one evaluation: checks and bookkeeping -> blocks -> assembly
 # --------------------------------------------------------------------------------------
+
+
+class Result(NamedTuple):
+    """What one evaluation returns; fields that were not asked for are None."""
+
+    loss: Array | None
+    grad: Array | None  # d loss / d logits
+    target_grad: Array | None  # d loss / d target (probability targets)
+    smoothing_grad: Array | None  # d loss / d smoothing, the shape of ``loss``
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The static settings of one evaluation."""
+
+    eps: float | Array
+    convention: str
+    log_probs: bool
+    kl: bool
+    dtype: Any
+    want_grad: bool
+    want_target_grad: bool
+    want_eps_grad: bool
+    guard_rows: bool
+    inplace: bool
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Per-row inputs of the evaluation, laid out as (N, K) / (N,)."""
+
+    x: Array  # logits, classes last
+    y: Array | None  # class indices (0 at ignored / bad rows), or None
+    t: Array | None  # probability targets, or None
+    valid: Array | None  # not ignored
+    bad: Array | None  # a class index out of range or masked
+    m: Array | None  # allowed classes
+    w: Array | None  # class weights (K,)
+    w_y: Array | None  # weight of each row's class
+    w_sum: Array | None
+    factor: float | Array  # the reduction's factor of each row (NaN at bad rows)
+    total_weight: float | Array  # the "mean" denominator
 
 
 def _evaluate(
     logits: Array,
     target: Array,
-    smoothing: float,
+    smoothing: Any,
     *,
     reduction: str,
     weight: Array | None,
-    ignore_index: int,
-    axis: int,
+    ignore_index: Any,
+    axis: Any,
     convention: str,
     where: Array | None,
-    log_probs: bool,
+    log_probs: Any,
     kl: bool,
     want_loss: bool,
     want_grad: bool,
     want_target_grad: bool = False,
-    chunk_size: int | None = None,
+    want_smoothing_grad: bool = False,
+    chunk_size: Any = None,
     inplace: bool = True,
-    overwrite_logits: bool = False,
-) -> tuple[Array | None, Array | None, Array | None]:
-    arrays = [a for a in (logits, target, weight, where) if a is not None]
-    xp = array_namespace(*arrays)
+    overwrite_logits: Any = False,
+) -> Result:
+    """Loss and derivatives in one blocked pass (the core of every public function)."""
+    xp = array_namespace(logits)
     _checks.check_floating(xp, logits, "logits")
     if logits.ndim < 1:
         raise ValueError("logits must have at least one dimension (the class axis)")
+    shape = _checks.check_known_shape(logits, "logits")
     ax = _checks.check_axis(axis, logits.ndim)
-    eps = _checks.check_smoothing(smoothing)
+    dev = get_device(logits)
+    dt = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 compute in float32
+    spec = _Spec(
+        eps=_checks.check_smoothing(xp, smoothing, dt, dev),
+        convention=_checks.check_choice("convention", convention, _checks.CONVENTIONS),
+        log_probs=_checks.as_bool(log_probs, "log_probs"), kl=kl, dtype=dt, want_grad=want_grad,
+        want_target_grad=want_target_grad, want_eps_grad=want_smoothing_grad, guard_rows=False,
+        inplace=inplace,
+    )  # fmt: skip
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
-    _checks.check_choice("convention", convention, _checks.CONVENTIONS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    ignore = _checks.as_int(ignore_index, "ignore_index")
+    if chunk_size is not None:
+        chunk_size = _checks.as_int(chunk_size, "chunk_size")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size}")
+    overwrite = _checks.as_bool(overwrite_logits, "overwrite_logits")
+    num_classes = shape[ax]
+    _checks.check_num_classes(num_classes, spec.convention, "number of classes (logits.shape[axis])")
+    target = _checks.same_namespace(xp, dev, target, "target")
+    weight = _checks.same_namespace(xp, dev, weight, "weight")
+    where = _checks.same_namespace(xp, dev, where, "where")
+
+    rows = _rows(xp, spec, logits, target, weight, where, ax, ignore, reduction)
+    soft = rows.t is not None
+    spec = replace(
+        spec,
+        want_target_grad=want_target_grad and soft,
+        guard_rows=not soft and (not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)),
+    )
+    n_rows = rows.x.shape[0]
+    grad_buf = None
+    if want_grad and overwrite and _can_overwrite(logits, ax, dt):
+        grad_buf = logits  # each block's rows are read before its gradient replaces them
+    row, drow, grad, tgrad = _blocks(xp, spec, rows, _block_rows(rows.x, chunk_size), grad_buf)
+
+    batch_shape = shape[:ax] + shape[ax + 1 :]
+
+    def _reduce(r: Array | None, at_zero: float) -> Array | None:
+        if r is None:
+            return None
+        if reduction == "none":
+            out = xp.reshape(r, batch_shape)
+        elif reduction == "sum":
+            out = xp.sum(r)
+        else:
+            out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
+        return xp.astype(out, logits.dtype, copy=False)
+
+    def _unflatten(g: Array | None, dtype: Any) -> Array | None:
+        if g is None or g is logits:
+            return g  # the logits were overwritten in place, as the caller allowed
+        g = _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax)
+        return xp.astype(g, dtype, copy=False)
+
+    del n_rows
+    return Result(
+        loss=_reduce(row, math.nan) if want_loss else None,
+        grad=_unflatten(grad, logits.dtype),
+        target_grad=_unflatten(tgrad, target.dtype),
+        smoothing_grad=_reduce(drow, 0.0),  # a mean over nothing: NaN loss, zero derivatives
+    )
+
+
+def _rows(
+    xp: ModuleType,
+    sp: _Spec,
+    logits: Array,
+    target: Array,
+    weight: Array | None,
+    where: Array | None,
+    ax: int,
+    ignore_index: int,
+    reduction: str,
+) -> _Rows:
+    """Checks on values and the per-row bookkeeping (O(N)): valid and bad positions, the
+    ``"mean"`` denominator and each row's factor."""
     shape = tuple(logits.shape)
     num_classes = shape[ax]
-    if num_classes is None or any(s is None or s != s for s in shape):  # noqa: PLR0124
-        raise ValueError(f"logits must have a known shape, got {shape}")
-    _checks.check_num_classes(num_classes, convention, "number of classes (logits.shape[axis])")
+    dt, dev = sp.dtype, get_device(logits)
     soft = _is_probability_target(xp, logits, target, ax)
     if soft and ignore_index >= 0:
         raise ValueError(
             f"ignore_index={ignore_index} is not supported with class-probability targets "
             "(as in PyTorch); leave it negative"
         )
-
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size!r}")
-
-    in_dtype = logits.dtype
-    dt = xp.result_type(in_dtype, xp.float32)  # float16/bfloat16 compute in float32
-    dev = get_device(logits)
-    batch_shape = shape[:ax] + shape[ax + 1 :]
     x = xp.reshape(_move_axis(xp, logits, ax, -1), (-1, num_classes))  # a view where possible
     n_rows = x.shape[0]
     w = _class_weight(xp, weight, num_classes, dt)
     m = _class_mask(xp, where, shape, ax)
     classes = xp.arange(num_classes, device=dev)
+    w_sum = None if w is None else xp.sum(w)
     if m is not None:
-        need = 2 if (convention == "others" and eps > 0) else 1
+        need = 2 if sp.convention == "others" and not _is_zero(sp.eps) else 1
         few = xp.sum(xp.astype(m, classes.dtype), axis=-1, dtype=classes.dtype) < need
         if _checks.any_true(xp, few):
             raise ValueError(
                 f"where leaves fewer than {need} allowed class(es) in some row"
                 + (' (convention="others" needs two)' if need == 2 else "")
             )
-
-    # per-row bookkeeping (O(N)): valid / bad positions, the "mean" denominator, row factors
     if soft:
         t = xp.reshape(_move_axis(xp, target, ax, -1), (-1, num_classes))
-        y = valid = bad = None
-        total_weight: float | Array = float(n_rows)
-        factor: float | Array = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total_weight, 0.0)
-        guard_rows = False
-    else:
-        t = None
-        y = xp.astype(xp.reshape(target, (-1,)), classes.dtype)
-        valid = y != ignore_index
-        bad = valid & ((y < 0) | (y >= num_classes))
+        total = float(n_rows)
+        factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
+        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total)
+
+    y = xp.astype(xp.reshape(target, (-1,)), classes.dtype)
+    valid = y != ignore_index
+    bad = valid & ((y < 0) | (y >= num_classes))
+    if _checks.any_true(xp, bad):
+        value = _checks.first_value(xp, y, bad)
+        raise ValueError(
+            f"target contains class index {value}, outside [0, {num_classes}) "
+            f"and not ignore_index={ignore_index}"
+        )
+    if m is not None:
+        bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
         if _checks.any_true(xp, bad):
             value = _checks.first_value(xp, y, bad)
-            raise ValueError(
-                f"target contains class index {value}, outside [0, {num_classes}) "
-                f"and not ignore_index={ignore_index}"
-            )
-        if m is not None:
-            bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
-            if _checks.any_true(xp, bad):
-                value = _checks.first_value(xp, y, bad)
-                raise ValueError(f"target class {value} is masked out by where")
-        y = xp.where(valid & ~bad, y, 0)  # safe to gather with
-        w_y = None if w is None else xp.take(w, y, axis=0)
-        total_weight = xp.sum(xp.astype(valid, dt) if w_y is None else xp.where(valid, w_y, 0.0))
-        unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
-        factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
-        # ignored rows may hold non-finite logits: mask their gradient rows explicitly
-        guard_rows = not _checks.is_concrete(valid) or _checks.any_true(xp, ~valid)
+            raise ValueError(f"target class {value} is masked out by where")
+    y = xp.where(valid & ~bad, y, 0)  # safe to gather with
+    w_y = None if w is None else xp.take(w, y, axis=0)
+    total_weight = xp.sum(xp.astype(valid, dt) if w_y is None else xp.where(valid, w_y, 0.0))
+    unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
+    factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
+    return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight)
 
-    spec = _Spec(
-        eps=eps, convention=convention, log_probs=log_probs, kl=kl, dtype=dt,
-        want_grad=want_grad, want_target_grad=want_target_grad and soft, guard_rows=guard_rows,
-        inplace=inplace,
-    )  # fmt: skip
-    w_sum = None if w is None else xp.sum(w)
+
+def _blocks(
+    xp: ModuleType, sp: _Spec, rw: _Rows, step: int, grad_buf: Array | None
+) -> tuple[Array, Array | None, Array | None, Array | None]:
+    """Run the block function over row blocks; per-row losses (and their derivatives in
+    eps) and the (N, K) gradients, filled block by block where there is more than one."""
+    n_rows, num_classes = rw.x.shape
+    dt, dev = sp.dtype, get_device(rw.x)
+    if n_rows == 0:  # nothing to evaluate (lazy reductions refuse empty input)
+        empty = xp.zeros((0, num_classes), dtype=dt, device=dev)
+        return (
+            xp.zeros((0,), dtype=dt, device=dev),
+            xp.zeros((0,), dtype=dt, device=dev) if sp.want_eps_grad else None,
+            empty if sp.want_grad else None,
+            empty if sp.want_target_grad else None,
+        )
+    dense = not (_scatters_in_place(xp) and _checks.is_concrete(rw.x))
+    classes = xp.arange(num_classes, device=dev)
+    offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
 
     def _fill(buf: Array | None, sl: slice, block: Array | None) -> Array | None:
         """Write a block's rows into ``buf`` (allocated on first use), in place if possible."""
@@ -385,75 +520,32 @@ def _evaluate(
             buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
         return xpx.at(buf, (sl, slice(None))).set(block)
 
-    rows, grads, tgrads = [], [], []
-    step = _block_rows(x, chunk_size)
-    dense = not (_scatters_in_place(xp) and _checks.is_concrete(x))
-    offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
-    grad_buf = tgrad_buf = None
-    if want_grad and overwrite_logits and _can_overwrite(logits, ax, dt):
-        grad_buf = logits  # each block's rows are read before its gradient replaces them
+    def _sl(a: Any, sl: slice) -> Any:
+        return a if a is None or isinstance(a, float) else a[sl, ...]
+
+    out: list[_BlockOut] = []
+    tgrad_buf = None
     for lo in range(0, n_rows, step):
-        hi = min(n_rows, lo + step)
-        sl = slice(lo, hi)
-        row, g, tg = _block(
-            xp, spec, xp.astype(x[sl, ...], dt, copy=False),
-            y=None if y is None else y[sl], t=None if t is None else xp.astype(t[sl, ...], dt, copy=False),
-            valid=None if valid is None else valid[sl], bad=None if bad is None else bad[sl],
-            m=None if m is None else m[sl, ...], w=w, w_y=None if soft or w_y is None else w_y[sl],
-            w_sum=w_sum, factor=factor if isinstance(factor, float) else factor[sl],
-            pk=_Picks(offsets[: hi - lo], classes, dense),
+        sl = slice(lo, min(n_rows, lo + step))
+        b = _block(
+            xp, sp, xp.astype(rw.x[sl, ...], dt, copy=False),
+            y=_sl(rw.y, sl), t=None if rw.t is None else xp.astype(rw.t[sl, ...], dt, copy=False),
+            valid=_sl(rw.valid, sl), bad=_sl(rw.bad, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
+            w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
+            pk=_Picks(offsets[: sl.stop - lo], classes, dense),
         )  # fmt: skip
-        rows.append(row)
-        if step >= n_rows and grad_buf is None:  # one block: no assembly
-            grads.append(g)
-            tgrads.append(tg)
-            continue
-        grad_buf = _fill(grad_buf, sl, g)
-        tgrad_buf = _fill(tgrad_buf, sl, tg)
-    if not rows:  # an empty batch: nothing to evaluate (lazy reductions refuse empty input)
-        rows.append(xp.zeros((0,), dtype=dt, device=dev))
-        grads.append(xp.zeros((0, num_classes), dtype=dt, device=dev) if want_grad else None)
-        tgrads.append(xp.zeros((0, num_classes), dtype=dt, device=dev) if spec.want_target_grad else None)
-    row = rows[0] if len(rows) == 1 else xp.concat(rows)
-
-    loss = None
-    if want_loss:
-        if reduction == "none":
-            loss = xp.reshape(row, batch_shape)
-        elif reduction == "sum":
-            loss = xp.sum(row)
-        else:
-            loss = _safe_divide(xp, xp.sum(row), total_weight, math.nan)
-        loss = xp.astype(loss, in_dtype, copy=False)
-
-    def _unflatten(g: Array | None, dtype: Any) -> Array | None:
-        if g is None:
-            return None
-        return xp.astype(
-            _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax), dtype, copy=False
-        )
-
-    if grad_buf is logits:
-        grad = logits  # overwritten in place, as the caller allowed
-    else:
-        grad = _unflatten(grads[0] if grad_buf is None and grads else grad_buf, in_dtype)
-    tgrad = _unflatten(tgrads[0] if tgrad_buf is None and tgrads else tgrad_buf, target.dtype)
-    return loss, grad, tgrad
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """The static settings of one evaluation."""
-
-    eps: float
-    convention: str
-    log_probs: bool
-    kl: bool
-    dtype: Any
-    want_grad: bool
-    want_target_grad: bool
-    guard_rows: bool
-    inplace: bool
+        if step < n_rows or grad_buf is not None:  # several blocks: fill the whole arrays
+            grad_buf = _fill(grad_buf, sl, b.grad)
+            tgrad_buf = _fill(tgrad_buf, sl, b.target_grad)
+            b = b._replace(grad=None, target_grad=None)
+        out.append(b)
+    row = out[0].row if len(out) == 1 else xp.concat([b.row for b in out])
+    drow = None
+    if sp.want_eps_grad:
+        drow = out[0].eps_row if len(out) == 1 else xp.concat([b.eps_row for b in out])
+    grad = grad_buf if grad_buf is not None else out[0].grad
+    tgrad = tgrad_buf if tgrad_buf is not None else out[0].target_grad
+    return row, drow, grad, tgrad
 
 
 # elements per block: temporaries of a block stay cache-sized (2 MiB each in float32).
@@ -486,6 +578,13 @@ def _block_rows(x: Array, chunk_size: int | None) -> int:
     return max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
 
 
+class _BlockOut(NamedTuple):
+    row: Array  # per-row losses
+    eps_row: Array | None  # per-row d loss / d eps
+    grad: Array | None  # gradient rows times the row factor
+    target_grad: Array | None
+
+
 def _block(
     xp: ModuleType,
     sp: _Spec,
@@ -501,10 +600,9 @@ def _block(
     w_sum: Array | None,
     factor: float | Array,
     pk: _Picks,
-) -> tuple[Array, Array | None, Array | None]:
+) -> _BlockOut:
     """Per-row losses, and the gradient rows times ``factor``, for one block of rows."""
     num_classes = x.shape[1]
-    eps = sp.eps
     # allowed classes per row and the (masked) class weights cw; S_w = sum_c cw_c
     if m is None:
         k_n: float | Array = float(num_classes)
@@ -515,90 +613,224 @@ def _block(
         k_n = xp.sum(mf, axis=-1, keepdims=True)
         cw = mf if w is None else xp.where(m, w, 0.0)
         s_w = xp.sum(cw, axis=-1, keepdims=True)
-    a, b = _smoothing_coefficients(xp, eps, k_n, sp.convention)
-    a_n, b_n, s_w_n = (_row(xp, v) for v in (a, b, s_w))
+    ls = _LogSoftmax.of(xp, sp, x, m, pk)
+    if t is not None:
+        return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
+    assert y is not None and valid is not None and bad is not None
+    return _index_block(xp, sp, ls, x, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
 
-    # -log p_c = l1 - z_c, both terms non-negative
-    if sp.log_probs:
-        z = x if m is None else xp.where(m, x, 0.0)
-        l1: float | Array = 0.0
-        e = s = top = top_at = x_max = None
-    else:
+
+@dataclass(frozen=True)
+class _LogSoftmax:
+    """-log p_c = l1 - z_c with both terms non-negative, and what the gradient needs.
+
+    With ``log_probs`` the inputs already are log p: z = x and l1 = 0.
+    """
+
+    z: Array
+    z_is_ours: bool  # a fresh array that may be written in place
+    l1: float | Array  # (n, 1)
+    e: Array | None = None  # exp(z), 0 at the first maximum
+    s: Array | None = None  # sum of e, (n, 1)
+    top: Array | None = None  # the first maximum's column
+    top_at: Array | None = None
+    x_max: Array | None = None
+
+    @staticmethod
+    def of(xp: ModuleType, sp: _Spec, x: Array, m: Array | None, pk: _Picks) -> _LogSoftmax:
+        if sp.log_probs:
+            return _LogSoftmax(z=x if m is None else xp.where(m, x, 0.0), z_is_ours=m is not None, l1=0.0)
         z, e, s, top, top_at, x_max = _log_softmax_parts(xp, x, m, pk, sp.inplace)
-        l1 = xp.log1p(s)
-    l1_n = _row(xp, l1)
+        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at, x_max)
+
+
+def _soft_block(
+    xp: ModuleType,
+    sp: _Spec,
+    ls: _LogSoftmax,
+    t: Array,
+    m: Array | None,
+    w: Array | None,
+    cw: Array | None,
+    k_n: float | Array,
+    factor: float | Array,
+    pk: _Picks,
+) -> _BlockOut:
+    """Probability targets: q = (1 - eps) t + eps/K, or (1 - eps) t + eps (1 - t)/(K - 1)."""
+    eps, uniform = sp.eps, sp.convention == "uniform"
+    a, b = _smoothing_coefficients(xp, eps, k_n, sp.convention)
+    q = (1.0 - eps) * t + (b if uniform else b * (1.0 - t))
+    if m is not None:
+        q = xp.where(m, q, 0.0)
+    wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
+    nlp = ls.l1 - ls.z  # -log p
+    row = xp.sum(_weighted(xp, wq, nlp), axis=-1)
+    if sp.kl:
+        row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
+    drow = None
+    if sp.want_eps_grad:  # q is affine in eps: dq/deps = -t + b(1) (uniform) or b(1)(1 - t)
+        _, b1 = _smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+        dq = -t + (b1 if uniform else b1 * (1.0 - t))
+        dq = dq if m is None else xp.where(m, dq, 0.0)
+        wdq = dq if w is None else dq * w
+        drow = xp.sum(_weighted(xp, wdq, nlp), axis=-1)
+        if sp.kl:  # d/deps of q log q = dq (log q + 1), -inf at q = 0
+            drow = drow + xp.sum(_weighted(xp, wdq, _log_plus_one(xp, q)), axis=-1)
     r = _col(xp, factor)
     g = tg = None
-
-    if t is not None:
-        q = (1.0 - eps) * t + (b if sp.convention == "uniform" else b * (1.0 - t))
-        if m is not None:
-            q = xp.where(m, q, 0.0)
-        wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
-        nlp = l1 - z  # -log p
-        row = xp.sum(_weighted(xp, wq, nlp), axis=-1)
-        if sp.kl:
-            row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
-        if sp.want_grad:
-            q_w = xp.sum(wq, axis=-1, keepdims=True)
-            if sp.log_probs:
-                g = -wq * r
-            else:
-                norm = 1.0 + s
-                wq_top = _take_per_row(xp, wq, pk, top)[:, None]
-                top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
-                g = _scale_shift(xp, e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
-                g = _put_per_row(xp, g, top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
-        if sp.want_target_grad:
-            # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
-            alpha = (1.0 - eps) if sp.convention == "uniform" else a
-            dlt = nlp if not sp.kl else nlp + xp.log(xp.where(q > 0, q, 1.0)) + 1.0
-            tg = _weighted(xp, cw, dlt) * (alpha * r)
-        return row, g, tg
-
-    wy = 1.0 if w_y is None else w_y
-    x_y = _take_per_row(xp, x, pk, y)  # from the input: y is never masked
-    z_y = x_y if x_max is None else x_y - _row(xp, x_max)
-    row = a_n * wy * (l1_n - z_y)
-    if eps > 0.0:
-        # sum_c w_c (-log p_c) = S_w l1 + sum_c w_c (-z_c)
-        smooth = -xp.sum(z, axis=-1) if cw is None else xp.sum(_weighted(xp, cw, -z), axis=-1)
-        row = row + b_n * (s_w_n * l1_n + smooth)
-    if sp.kl:
-        row = row + wy * _xlogx(xp, a_n + b_n) + _xlogx(xp, b_n) * (s_w_n - wy)
-    row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
     if sp.want_grad:
-        # g_c = Q p_c - w_c q_c, Q = sum_k w_k q_k = a w_y + b S_w; with log-probabilities
-        # p drops out. At the maximum, p = 1 - s/(1+s) and Q - w q in closed form keep a
-        # confident, correct row exact.
-        a_w_y = _col(xp, a_n * wy)
-        on = a_w_y * r  # r is an array on this path
-        off = None if eps == 0.0 else b * r * (1.0 if cw is None else cw)  # the b w_c q r part
+        q_w = xp.sum(wq, axis=-1, keepdims=True)
         if sp.log_probs:
-            base = xp.zeros(x.shape, dtype=sp.dtype, device=get_device(x))
-            g = base if off is None else base - off
+            g = -wq * r
         else:
-            q_w_r = (a_w_y + b * s_w) * r
-            norm = 1.0 + s
-            # e q_w r / (1 + s) - off, in place in e where e is ours; e is 0 at the
-            # maximum, set exactly below
-            g = _scale_shift(xp, e, q_w_r / norm, off, inplace=sp.inplace and not pk.dense)
-        g = _put_per_row(xp, g, _at(pk, y), -_row(xp, on), add=True, inplace=sp.inplace)
-        if not sp.log_probs:
-            top_val = xp.where((top == y)[:, None], 0.0, on) - q_w_r * (s / norm)
-            if eps > 0.0:
-                if cw is None:
-                    cw_top: float | Array = 1.0
-                elif cw.ndim == 1:
-                    cw_top = xp.take(cw, top)[:, None]
-                else:
-                    cw_top = _take_per_row(xp, cw, pk, top)[:, None]
-                top_val = top_val + (b * (s_w - cw_top)) * r
-            g = _put_per_row(xp, g, top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
+            norm = 1.0 + ls.s
+            wq_top = _take_per_row(xp, wq, pk, ls.top)[:, None]
+            top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
+            g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
+            g = _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
+    if sp.want_target_grad:
+        # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
+        alpha = (1.0 - eps) if uniform else a
+        dlt = nlp if not sp.kl else nlp + xp.log(xp.where(q > 0, q, 1.0)) + 1.0
+        tg = _weighted(xp, cw, dlt) * (alpha * r)
+    return _BlockOut(row, drow, g, tg)
+
+
+def _index_block(
+    xp: ModuleType,
+    sp: _Spec,
+    ls: _LogSoftmax,
+    x: Array,
+    y: Array,
+    valid: Array,
+    bad: Array,
+    cw: Array | None,
+    w_y: Array | None,
+    k_n: float | Array,
+    s_w: float | Array,
+    factor: float | Array,
+    pk: _Picks,
+) -> _BlockOut:
+    """Class indices. With b the smoothing mass of each allowed class,
+
+        loss_n = (1 - eps) w_y (l1 - z_y) + b (S' l1 + sum'_c w_c (-z_c)),
+
+    where S' and sum' run over every allowed class ("uniform": q_y = 1 - eps + b) or over
+    the classes other than y ("others": q_y = 1 - eps). Every factor is non-negative for
+    every eps in [0, 1], so the loss keeps full relative accuracy on the whole range, and
+    a factor of 0 makes its term 0 also against a -inf logit (0 * inf = 0).
+    """
+    eps, uniform = sp.eps, sp.convention == "uniform"
+    smoothing = not _is_zero(eps)
+    a, b = _smoothing_coefficients(xp, eps, k_n, sp.convention)
+    b_n, s_w_n = _row(xp, b), _row(xp, s_w)
+    q_y = (1.0 - eps) + b_n if uniform else 1.0 - eps
+    wy = 1.0 if w_y is None else w_y
+    y_at = _at(pk, y)
+    x_y = _take_per_row(xp, x, pk, y)  # from the input: y is never masked
+    z_y = x_y if ls.x_max is None else x_y - _row(xp, ls.x_max)
+    l1_n = _row(xp, ls.l1)
+    t1 = _weighted(xp, wy, l1_n - z_y)  # w_y (-log p_y)
+    row = _weighted(xp, 1.0 - eps, t1)
+    t2 = None
+    if smoothing or sp.want_eps_grad:
+        # S' l1 + sum'_c w_c (-z_c): every allowed class, or every class but y ("others")
+        z = ls.z if uniform else _put_per_row(xp, ls.z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
+        other = -xp.sum(z, axis=-1) if cw is None else xp.sum(_weighted(xp, cw, -z), axis=-1)
+        t2 = (s_w_n if uniform else s_w_n - wy) * l1_n + other
+        row = row + _weighted(xp, b_n, t2)
+    if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
+        row = row + wy * _xlogx(xp, q_y) + _xlogx(xp, b_n) * (s_w_n - wy)
+    row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
+    drow = None
+    if sp.want_eps_grad:
+        drow = _index_eps_row(xp, sp, k_n, q_y, b_n, wy, s_w_n, t1, t2)
+        drow = xp.where(bad, math.nan, xp.where(valid, drow, 0.0))
+    g = None
+    if sp.want_grad:
+        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, (q_y, a, b), s_w, factor, pk, smoothing)
         if sp.guard_rows:
             g = xp.where(valid[:, None], g, 0.0)
-    return row, g, None
+    return _BlockOut(row, drow, g, None)
 
+
+def _index_eps_row(
+    xp: ModuleType,
+    sp: _Spec,
+    k_n: float | Array,
+    q_y: float | Array,
+    b_n: float | Array,
+    wy: float | Array,
+    s_w_n: float | Array,
+    t1: Array,
+    t2: Array | None,
+) -> Array:
+    """d loss_n / d eps. The loss is (1 - eps) T1 + b T2 with b affine in eps, so this is
+    exact: -T1 + db T2 (plus the entropy's derivative for the KL form)."""
+    _, b1 = _smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+    db = _row(xp, b1)
+    assert t2 is not None
+    d = _weighted(xp, db, t2) - t1
+    if sp.kl:
+        dq_y = -1.0 + db if sp.convention == "uniform" else -1.0  # d (q log q) = dq (log q + 1): -inf where q = 0 and dq > 0
+        d = d + _weighted(xp, wy * dq_y, _log_plus_one(xp, q_y)) + _weighted(
+            xp, db * (s_w_n - wy), _log_plus_one(xp, b_n)
+        )
+    return d
+
+
+def _index_grad(
+    xp: ModuleType,
+    sp: _Spec,
+    ls: _LogSoftmax,
+    y: Array,
+    y_at: Array,
+    cw: Array | None,
+    wy: float | Array,
+    coefs: tuple[float | Array, float | Array, float | Array],
+    s_w: float | Array,
+    factor: float | Array,
+    pk: _Picks,
+    smoothing: bool,
+) -> Array:
+    """g_c = (Q p_c - w_c q_c) r with Q = sum_k w_k q_k = q_y w_y + b (S_w - w_y).
+
+    With log-probabilities p drops out. At the first maximum p = 1 - s/(1+s), and
+    Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
+    w_top)) keeps a confident, correct row exact.
+    """
+    q_y, a, b = coefs  # q = a onehot + b on allowed classes, q_y = a + b
+    r = _col(xp, factor)  # an array on this path
+    wy_c, q_y_c = _col(xp, wy), _col(xp, q_y)
+    off = b * r * (1.0 if cw is None else cw) if smoothing else None  # the b w_c r part
+    on = _col(xp, _row(xp, a) * wy) * r  # the rest of w_y q_y r, at y
+    if sp.log_probs:
+        base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
+        g = base if off is None else base - off
+        return _put_per_row(xp, g, y_at, -_row(xp, on), add=True, inplace=sp.inplace)
+    assert ls.s is not None and ls.top is not None
+    others = b * (s_w - wy_c)  # b times the weight of the classes other than y
+    q_w_r = (q_y_c * wy_c + others) * r
+    norm = 1.0 + ls.s
+    # e q_w r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
+    # exactly below
+    g = _scale_shift(xp, ls.e, q_w_r / norm, off, inplace=sp.inplace and not pk.dense)
+    g = _put_per_row(xp, g, y_at, -_row(xp, on), add=True, inplace=sp.inplace)
+    if smoothing:
+        if cw is None:
+            cw_top: float | Array = 1.0
+        elif cw.ndim == 1:
+            cw_top = xp.take(cw, ls.top)[:, None]
+        else:
+            cw_top = _take_per_row(xp, cw, pk, ls.top)[:, None]
+        at_y, elsewhere = others, q_y_c * wy_c + b * (s_w - wy_c - cw_top)
+    else:
+        at_y, elsewhere = 0.0, q_y_c * wy_c
+    if isinstance(elsewhere, float):  # where() needs one array among its values
+        elsewhere = xp.asarray(elsewhere, dtype=sp.dtype, device=get_device(ls.z))
+    q_top = xp.where((ls.top == y)[:, None], at_y, elsewhere)
+    top_val = q_top * r - q_w_r * (ls.s / norm)
+    return _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
 
 # --------------------------------------------------------------------------------------
 # target builders (the only functions that materialise targets)
@@ -632,12 +864,11 @@ def smooth_labels(
     ``[0, num_classes)`` raise ``ValueError`` (NaN rows where values cannot be read).
     """
     xp = array_namespace(labels)
-    eps = _checks.check_smoothing(smoothing)
-    _checks.check_choice("convention", convention, _checks.CONVENTIONS)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-    _checks.check_num_classes(num_classes, convention, "num_classes")
     dev = get_device(labels)
+    eps = _checks.check_smoothing(xp, smoothing, None, dev)
+    _checks.check_choice("convention", convention, _checks.CONVENTIONS)
+    num_classes = _checks.as_int(num_classes, "num_classes")
+    _checks.check_num_classes(num_classes, convention, "num_classes")
     k = float(num_classes)
     off = eps / k if convention == "uniform" else eps / (k - 1.0)
     if xp.isdtype(labels.dtype, "real floating"):
@@ -682,9 +913,10 @@ def mixup_targets(
     probability target of shape (N, ..., K) for :func:`cross_entropy`.
     """
     xp = array_namespace(labels)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
+    lam_value = _checks.as_real(lam, "lam")
+    if not 0.0 <= lam_value <= 1.0:
         raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
     if labels.ndim < 1:
         raise ValueError("labels must have a batch axis to flip")
     q = smooth_labels(labels, num_classes, smoothing, convention=convention, dtype=dtype)
-    return lam * q + (1.0 - lam) * xp.flip(q, axis=0)
+    return lam_value * q + (1.0 - lam_value) * xp.flip(q, axis=0)

@@ -18,9 +18,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from array_api_compat import array_namespace, device
 from jax.custom_derivatives import SymbolicZero
 
-from ls_xp import _core
+from ls_xp import _checks, _core
 
 __all__ = ["loss"]
 
@@ -29,37 +30,41 @@ def _is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero) or getattr(t, "dtype", None) == jax.dtypes.float0
 
 
-def _options(smoothing: float, kl: bool, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    opts = {"smoothing": smoothing, "kl": kl, "reduction": "mean", "axis": -1, **options}
+def _options(kl: bool, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    opts = {"kl": kl, "reduction": "mean", "axis": -1, **options}
     return tuple(sorted(opts.items()))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _loss(logits: Any, target: Any, weight: Any, where: Any, opts: tuple[tuple[str, Any], ...]) -> Any:
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _loss(
+    logits: Any, target: Any, weight: Any, where: Any, smoothing: Any, opts: tuple[tuple[str, Any], ...]
+) -> Any:
     return _core._evaluate(
-        logits, target, weight=weight, where=where, want_loss=True, want_grad=False, **dict(opts)
-    )[0]
+        logits, target, smoothing, weight=weight, where=where, want_loss=True, want_grad=False, **dict(opts)
+    ).loss
 
 
 @partial(_loss.defjvp, symbolic_zeros=True)
 def _loss_jvp(
     opts: tuple[tuple[str, Any], ...], primals: tuple[Any, ...], tangents: tuple[Any, ...]
 ) -> tuple[Any, Any]:
-    logits, target, weight, where = primals
-    d_logits, d_target, d_weight, _ = tangents
+    logits, target, weight, where, smoothing = primals
+    d_logits, d_target, d_weight, _, d_smoothing = tangents
     o = dict(opts)
     soft = target.shape == logits.shape and jnp.issubdtype(target.dtype, jnp.floating)
-    want_tgrad = bool(soft and not _is_zero(d_target))
-    loss, grad, tgrad = _core._evaluate(
+    res = _core._evaluate(
         logits,
         target,
+        smoothing,
         weight=weight,
         where=where,
         want_loss=True,
         want_grad=not _is_zero(d_logits),
-        want_target_grad=want_tgrad,
+        want_target_grad=bool(soft and not _is_zero(d_target)),
+        want_smoothing_grad=not _is_zero(d_smoothing),
         **o,
     )
+    loss = res.loss
     ax = o["axis"] % logits.ndim
     per_row = o["reduction"] == "none"
 
@@ -68,16 +73,18 @@ def _loss_jvp(
         return jnp.sum(prod, axis=ax) if per_row else jnp.sum(prod)
 
     tangent = jnp.zeros_like(loss)
-    if grad is not None:
-        tangent = tangent + contract(grad, d_logits)
-    if tgrad is not None:
-        tangent = tangent + contract(tgrad, d_target)
+    if res.grad is not None:
+        tangent = tangent + contract(res.grad, d_logits)
+    if res.target_grad is not None:
+        tangent = tangent + contract(res.target_grad, d_target)
+    if res.smoothing_grad is not None:  # the analytic derivative in eps, the shape of loss
+        tangent = tangent + res.smoothing_grad * jnp.asarray(d_smoothing, loss.dtype)
     if weight is not None and not _is_zero(d_weight):
 
         def with_weight(w: Any) -> Any:
             return _core._evaluate(
-                logits, target, weight=w, where=where, want_loss=True, want_grad=False, **o
-            )[0]
+                logits, target, smoothing, weight=w, where=where, want_loss=True, want_grad=False, **o
+            ).loss
 
         tangent = tangent + jax.jvp(with_weight, (weight,), (d_weight,))[1]
     return loss, tangent
@@ -86,12 +93,23 @@ def _loss_jvp(
 def loss(
     logits: Any,
     target: Any,
-    smoothing: float = 0.1,
+    smoothing: Any = 0.1,
     *,
     kl: bool = False,
     weight: Any = None,
     where: Any = None,
     **options: Any,
 ) -> Any:
-    """The differentiable loss (called by ``ls_xp.cross_entropy`` / ``kl_divergence``)."""
-    return _loss(logits, target, weight, where, _options(smoothing, kl, options))
+    """The differentiable loss (called by ``ls_xp.cross_entropy`` / ``kl_divergence``).
+
+    ``smoothing`` is a primal input of the rule, so ``jax.grad`` and ``jvp`` with respect
+    to it are the analytic derivative, and a traced ``smoothing`` works under ``jit``.
+    Python numbers are checked here, before tracing.
+    """
+    if not isinstance(smoothing, jax.Array) or _checks.is_concrete(smoothing):
+        smoothing = _checks.check_smoothing(None, smoothing)
+    xp, dev = array_namespace(logits), device(logits)
+    target = _checks.same_namespace(xp, dev, target, "target")
+    weight = _checks.same_namespace(xp, dev, weight, "weight")
+    where = _checks.same_namespace(xp, dev, where, "where")
+    return _loss(logits, target, weight, where, smoothing, _options(kl, options))

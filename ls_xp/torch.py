@@ -28,24 +28,36 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from array_api_compat import array_namespace
 
-from ls_xp import _api, _checks, _core
+from ls_xp import _checks, _core
 
-__all__ = ["LabelSmoothingCrossEntropy", "cross_entropy", "kl_divergence"]
-
-cross_entropy = _api.cross_entropy
-kl_divergence = _api.kl_divergence
+__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy", "cross_entropy", "kl_divergence"]
 
 
-def wants_autograd(logits: torch.Tensor, target: Any, weight: Any) -> bool:
+def __getattr__(name: str) -> Any:
+    """``ls_xp.torch.cross_entropy`` / ``kl_divergence``: the public functions, re-exported
+    lazily so that this adapter imports the core only."""
+    if name in ("cross_entropy", "kl_divergence"):
+        from ls_xp import _api
+
+        return getattr(_api, name)
+    raise AttributeError(f"module 'ls_xp.torch' has no attribute {name!r}")
+
+
+def _requires_grad(a: Any) -> bool:
+    return bool(getattr(a, "requires_grad", False))
+
+
+def wants_autograd(logits: torch.Tensor, target: Any, weight: Any, smoothing: Any = None) -> bool:
     if not torch.is_grad_enabled():
         return False
-    if weight is not None and getattr(weight, "requires_grad", False):
+    if _requires_grad(weight):
         raise NotImplementedError(
             "ls_xp: the gradient with respect to weight is not implemented (as in PyTorch); "
             "pass weight.detach()"
         )
-    return bool(logits.requires_grad or getattr(target, "requires_grad", False))
+    return _requires_grad(logits) or _requires_grad(target) or _requires_grad(smoothing)
 
 
 @contextlib.contextmanager
@@ -55,7 +67,7 @@ def no_grad() -> Iterator[None]:
 
 
 class _LabelSmoothingCE(torch.autograd.Function):
-    """loss = f(logits, target); backward = the saved analytic gradient."""
+    """loss = f(logits, target, smoothing); backward = the saved analytic derivatives."""
 
     generate_vmap_rule = True
 
@@ -65,54 +77,67 @@ class _LabelSmoothingCE(torch.autograd.Function):
         target: torch.Tensor,
         weight: torch.Tensor | None,
         where: torch.Tensor | None,
+        smoothing: Any,
         options: dict[str, Any],
-        needs: tuple[bool, bool],
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        loss, grad, tgrad = _core._evaluate(
+        needs: tuple[bool, bool, bool],
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        res = _core._evaluate(
             logits,
             target,
+            smoothing,
             want_loss=True,
             want_grad=needs[0],
             want_target_grad=needs[1],
+            want_smoothing_grad=needs[2],
             weight=weight,
             where=where,
             **options,
         )
-        return loss, grad, tgrad
+        return res.loss, res.grad, res.target_grad, res.smoothing_grad
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        logits, target, weight, where, options, _ = inputs
-        _, grad, tgrad = output
+        logits, target, weight, where, smoothing, options, _ = inputs
+        _, grad, tgrad, dsmooth = output
         ctx.options = options
+        ctx.smoothing_is_tensor = isinstance(smoothing, torch.Tensor)
         ctx.has_grad, ctx.has_tgrad = grad is not None, tgrad is not None
-        ctx.mark_non_differentiable(*(t for t in (grad, tgrad) if t is not None))
-        if _checks.is_concrete(grad if grad is not None else tgrad):
+        ctx.mark_non_differentiable(*(t for t in (grad, tgrad, dsmooth) if t is not None))
+        ctx.dsmooth = dsmooth  # the size of the loss: nothing to give away or save specially
+        smooth_t = smoothing if ctx.smoothing_is_tensor else None
+        if ctx.smoothing_is_tensor:
+            ctx.smoothing = None
+        else:
+            ctx.smoothing = smoothing
+        big = grad if grad is not None else tgrad
+        if big is None or _checks.is_concrete(big):
             # kept out of save_for_backward so that backward can give the buffers away
             ctx.buffers = (grad, tgrad)
             grad = tgrad = None
         else:  # under torch.func transforms tensors must be saved the standard way
             ctx.buffers = None
-        ctx.save_for_backward(logits, target, weight, where, grad, tgrad)
+        ctx.save_for_backward(logits, target, weight, where, smooth_t, grad, tgrad)
         ctx.set_materialize_grads(False)  # no N x K zeros for the extra outputs' gradients
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
         if grad_out is None:
-            return None, None, None, None, None, None
-        logits, target, weight, where, grad, tgrad = ctx.saved_tensors
+            return None, None, None, None, None, None, None
+        logits, target, weight, where, smooth_t, grad, tgrad = ctx.saved_tensors
+        smoothing = smooth_t if ctx.smoothing_is_tensor else ctx.smoothing
         opts = ctx.options
         differentiable = torch.is_grad_enabled()  # create_graph=True
         owned = False
         if not differentiable and ctx.buffers:
             (grad, tgrad), ctx.buffers = ctx.buffers, ()  # given away below
             owned = True
-        elif differentiable or ctx.buffers == ():
+        elif (differentiable or ctx.buffers == ()) and (ctx.has_grad or ctx.has_tgrad):
             # recompute the analytic gradient: with differentiable operations under
             # create_graph, or because an earlier backward gave the buffers away
-            _, grad, tgrad = _core._evaluate(
+            res = _core._evaluate(
                 logits,
                 target,
+                smoothing,
                 want_loss=False,
                 want_grad=ctx.has_grad,
                 want_target_grad=ctx.has_tgrad,
@@ -121,9 +146,13 @@ class _LabelSmoothingCE(torch.autograd.Function):
                 inplace=not differentiable,  # under create_graph the tensors join the graph
                 **opts,
             )
+            grad, tgrad = res.grad, res.target_grad
             owned = not differentiable
         scale = _broadcastable(grad_out, logits.ndim, opts["axis"], opts["reduction"])
-        return _scaled(grad, scale, owned), _scaled(tgrad, scale, owned), None, None, None, None
+        d_smooth = None
+        if ctx.dsmooth is not None:
+            d_smooth = torch.sum(grad_out * ctx.dsmooth)
+        return _scaled(grad, scale, owned), _scaled(tgrad, scale, owned), None, None, d_smooth, None, None
 
 
 def _broadcastable(grad_out: torch.Tensor, ndim: int, axis: int, reduction: str) -> torch.Tensor:
@@ -152,8 +181,8 @@ def _is_one(scale: torch.Tensor) -> bool:
 
 def loss(
     logits: torch.Tensor,
-    target: torch.Tensor,
-    smoothing: float = 0.1,
+    target: Any,
+    smoothing: Any = 0.1,
     *,
     kl: bool = False,
     weight: torch.Tensor | None = None,
@@ -161,22 +190,118 @@ def loss(
     **options: Any,
 ) -> torch.Tensor:
     """The differentiable loss (called by ``ls_xp.cross_entropy`` / ``kl_divergence``)."""
+    xp = array_namespace(logits)
+    target = _checks.same_namespace(xp, logits.device, target, "target")
+    weight = _checks.same_namespace(xp, logits.device, weight, "weight")
+    where = _checks.same_namespace(xp, logits.device, where, "where")
     soft = target.shape == logits.shape and target.dtype.is_floating_point
-    needs = (bool(logits.requires_grad), bool(soft and target.requires_grad))
-    opts = {"smoothing": smoothing, "kl": kl, **options}
+    needs = (
+        _requires_grad(logits),
+        bool(soft and _requires_grad(target)),
+        isinstance(smoothing, torch.Tensor) and _requires_grad(smoothing),
+    )
+    opts = {"kl": kl, **options}
     opts.setdefault("reduction", "mean")
     opts.setdefault("axis", -1)
-    out, _, _ = _LabelSmoothingCE.apply(logits, target, weight, where, opts, needs)
+    out, _, _, _ = _LabelSmoothingCE.apply(logits, target, weight, where, smoothing, opts, needs)
     return out
 
 
+def _value(
+    logits: torch.Tensor, target: Any, smoothing: Any, *, kl: bool = False, **options: Any
+) -> torch.Tensor:
+    """The loss through autograd where anything needs a gradient, else straight from the core."""
+    if wants_autograd(logits, target, options.get("weight"), smoothing):
+        return loss(logits, target, smoothing, kl=kl, **options)
+    return _core._evaluate(logits, target, smoothing, kl=kl, want_loss=True, want_grad=False, **options).loss
+
+
+def _check_options(smoothing: Any, reduction: Any, ignore_index: Any, convention: Any, chunk_size: Any) -> None:
+    """The checks ``cross_entropy`` makes on its parameters, run at construction."""
+    _checks.check_smoothing(None, smoothing)
+    _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
+    _checks.as_int(ignore_index, "ignore_index")
+    _checks.check_choice("convention", convention, _checks.CONVENTIONS)
+    if chunk_size is not None and _checks.as_int(chunk_size, "chunk_size") < 1:
+        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size!r}")
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss``, computed by ls_xp: a drop-in replacement.
+
+    The constructor is PyTorch's, positional arguments included (``weight``,
+    ``size_average``, ``ignore_index``, ``reduce``, ``reduction``, ``label_smoothing``),
+    and so are ``state_dict`` (``weight`` is a buffer), ``repr`` and the class axis (dim 1
+    of (N, C, d1, ...) inputs; dim 0 of an unbatched (C,) input). Code that swaps
+    ``nn.CrossEntropyLoss`` for it changes nothing else. What ls_xp adds is keyword-only:
+
+    - ``convention``: ``"uniform"`` (PyTorch's, the default) or ``"others"`` (fairseq's:
+      eps is spread over the K - 1 other classes);
+    - ``chunk_size``: rows per block (see :func:`ls_xp.cross_entropy`);
+    - ``forward(input, target, where=None)``: an optional class mask.
+
+    Arguments are checked at construction (PyTorch checks ``reduction`` and
+    ``label_smoothing`` only at the first call). The result differs from PyTorch's only
+    where ls_xp is documented to be more exact: tiny losses of confident rows, and -inf
+    logits of classes without target mass (0, where PyTorch gives NaN).
+
+    >>> crit = CrossEntropyLoss(label_smoothing=0.1)
+    >>> crit(torch.arange(12.0).reshape(4, 3), torch.tensor([0, 2, 1, 2]))
+    tensor(1.1826)
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        size_average: bool | None = None,
+        ignore_index: int = -100,
+        reduce: bool | None = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        convention: str = "uniform",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _check_options(self.label_smoothing, self.reduction, ignore_index, convention, chunk_size)
+        self.convention = convention
+        self.chunk_size = chunk_size
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _value(
+            input,
+            target,
+            self.label_smoothing,
+            reduction=self.reduction,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            axis=0 if input.ndim == 1 else 1,
+            convention=self.convention,
+            where=where,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        extras = []
+        if self.convention != "uniform":
+            extras.append(f"convention={self.convention!r}")
+        if self.chunk_size is not None:
+            extras.append(f"chunk_size={self.chunk_size}")
+        return ", ".join(extras)
+
+
 class LabelSmoothingCrossEntropy(torch.nn.Module):
-    """Label-smoothed cross-entropy as an ``nn.Module``: ``ls_xp.cross_entropy`` with
-    the keywords fixed at construction; a drop-in for the seeds' modules and for
-    ``nn.CrossEntropyLoss(label_smoothing=...)``.
+    """Label-smoothed cross-entropy as an ``nn.Module`` with ls_xp's own argument order:
+    ``ls_xp.cross_entropy`` with the keywords fixed at construction (the class axis last
+    by default, like timm's and the notebook's modules). For a drop-in replacement of
+    ``nn.CrossEntropyLoss`` use :class:`CrossEntropyLoss`.
 
     ``forward(input, target, where=None)``. ``weight`` is registered as a buffer (it moves
     with ``.to(device)``). ``kl=True`` gives the KL form (:func:`ls_xp.kl_divergence`).
+    ``label_smoothing`` is accepted as PyTorch's name for ``smoothing``. Every argument is
+    checked at construction.
 
     >>> crit = LabelSmoothingCrossEntropy(0.1)
     >>> crit(torch.arange(12.0).reshape(4, 3), torch.tensor([0, 2, 1, 2]))
@@ -189,6 +314,7 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
         self,
         smoothing: float = 0.1,
         *,
+        label_smoothing: float | None = None,
         reduction: str = "mean",
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
@@ -199,29 +325,38 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.smoothing = smoothing
+        if label_smoothing is not None:
+            smoothing = label_smoothing
+        if isinstance(smoothing, torch.Tensor):
+            raise TypeError(
+                "smoothing must be a number here (the first positional argument is the smoothing "
+                "factor, not weight); pass weight=... by keyword"
+            )
+        _check_options(smoothing, reduction, ignore_index, convention, chunk_size)
+        _checks.as_int(axis, "axis")
+        self.smoothing = float(smoothing)
         self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.axis = axis
+        self.ignore_index = int(ignore_index)
+        self.axis = int(axis)
         self.convention = convention
-        self.log_probs = log_probs
-        self.kl = kl
+        self.log_probs = _checks.as_bool(log_probs, "log_probs")
+        self.kl = _checks.as_bool(kl, "kl")
         self.chunk_size = chunk_size
         self.register_buffer("weight", weight)
 
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, where: torch.Tensor | None = None
     ) -> torch.Tensor:
-        fn = _api.kl_divergence if self.kl else _api.cross_entropy
-        return fn(
+        return _value(
             input,
             target,
             self.smoothing,
+            kl=self.kl,
             reduction=self.reduction,
-            weight=self.weight,  # type: ignore[arg-type]
+            weight=self.weight,
             ignore_index=self.ignore_index,
             axis=self.axis,
-            convention=self.convention,  # type: ignore[arg-type]
+            convention=self.convention,
             where=where,
             log_probs=self.log_probs,
             chunk_size=self.chunk_size,
