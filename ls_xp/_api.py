@@ -12,9 +12,10 @@ from typing import Any
 
 from array_api_compat import is_jax_array, is_torch_array
 
-from ls_xp._core import Convention, Reduction, _evaluate
+from ls_xp._core import _evaluate
+from ls_xp._typing import ArrayT, Convention, Reduction
 
-Array = Any
+Array = Any  # targets, weights and masks: arrays of the logits' library, NumPy or Python values
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "kl_divergence", "loss_and_grad"]
 
@@ -33,7 +34,7 @@ def _loss(*args: Any, kl: bool, **kwargs: Any) -> Array:
     return _evaluate(*args, kl=kl, want_loss=True, want_grad=False, **kwargs).loss
 
 
-def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Array | None, Array | None]:
+def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Any, Any]:
     """Loss and analytic gradient as plain values (no autodiff graph is recorded)."""
     if is_torch_array(args[0]):
         from ls_xp import torch as adapter
@@ -121,20 +122,20 @@ def _public_doc(doc: str) -> str:
 
 
 def loss_and_grad(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
-    smoothing: float = 0.1,
+    smoothing: float | Any = 0.1,
     *,
     reduction: Reduction = "mean",
     weight: Array | None = None,
-    ignore_index: int = -100,
-    axis: int = -1,
+    ignore_index: int | Any = -100,
+    axis: int | Any = -1,
     convention: Convention = "uniform",
     where: Array | None = None,
     log_probs: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | Any | None = None,
     overwrite_logits: bool = False,
-) -> tuple[Array, Array]:
+) -> tuple[ArrayT, ArrayT]:
     """Label-smoothed cross-entropy and its gradient with respect to ``logits``, in one pass.
 
     Returns ``(loss, grad)`` with ``grad = d loss / d logits`` of the shape of
@@ -174,19 +175,19 @@ def loss_and_grad(
 
 
 def cross_entropy(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
-    smoothing: float = 0.1,
+    smoothing: float | Any = 0.1,
     *,
     reduction: Reduction = "mean",
     weight: Array | None = None,
-    ignore_index: int = -100,
-    axis: int = -1,
+    ignore_index: int | Any = -100,
+    axis: int | Any = -1,
     convention: Convention = "uniform",
     where: Array | None = None,
     log_probs: bool = False,
-    chunk_size: int | None = None,
-) -> Array:
+    chunk_size: int | Any | None = None,
+) -> ArrayT:
     """Softmax cross-entropy against label-smoothed targets.
 
     For each position n with smoothed target distribution q (see ``convention``) and
@@ -223,20 +224,20 @@ def cross_entropy(
 
 
 def cross_entropy_grad(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
-    smoothing: float = 0.1,
+    smoothing: float | Any = 0.1,
     *,
     reduction: Reduction = "mean",
     weight: Array | None = None,
-    ignore_index: int = -100,
-    axis: int = -1,
+    ignore_index: int | Any = -100,
+    axis: int | Any = -1,
     convention: Convention = "uniform",
     where: Array | None = None,
     log_probs: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | Any | None = None,
     overwrite_logits: bool = False,
-) -> Array:
+) -> ArrayT:
     """Analytic gradient of :func:`cross_entropy` with respect to ``logits``.
 
     ``d loss_n / d x_c = (sum_k w_k q_k) softmax(x)_c - w_c q_c`` (divided by the
@@ -273,19 +274,19 @@ def cross_entropy_grad(
 
 
 def kl_divergence(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
-    smoothing: float = 0.1,
+    smoothing: float | Any = 0.1,
     *,
     reduction: Reduction = "mean",
     weight: Array | None = None,
-    ignore_index: int = -100,
-    axis: int = -1,
+    ignore_index: int | Any = -100,
+    axis: int | Any = -1,
     convention: Convention = "uniform",
     where: Array | None = None,
     log_probs: bool = False,
-    chunk_size: int | None = None,
-) -> Array:
+    chunk_size: int | Any | None = None,
+) -> ArrayT:
     """KL(q || p) between the smoothed targets and the predicted distribution.
 
         loss_n = sum_c w_c q_c (log q_c - log p_c) = cross_entropy_n - (weighted) H(q),

@@ -104,8 +104,8 @@ def _setup(backend: str, impl: str, n: int, k: int) -> Callable[[], Any]:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        x = torch.from_numpy(x_np).requires_grad_()
-        y = torch.from_numpy(y_np)
+        x: Any = torch.from_numpy(x_np).requires_grad_()
+        y: Any = torch.from_numpy(y_np)
         if impl == "ls_xp":
             import ls_xp
 
@@ -142,12 +142,12 @@ def _setup(backend: str, impl: str, n: int, k: int) -> Callable[[], Any]:
 
         f = jax.jit(jax.value_and_grad(plain))
 
-    def run() -> Any:
+    def run_jax() -> Any:
         out = f(x)
         jax.block_until_ready(out)
         return out
 
-    return run
+    return run_jax
 
 
 def _rss_kib(field: str) -> int:
@@ -277,10 +277,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: str) -> None:
-    import matplotlib
+    import matplotlib  # pyright: ignore[reportMissingImports]  (optional: only for --plot)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     ok = [r for r in report["results"] if "error" not in r]
     sizes = [s for s in SIZES if any(r["size"] == s for r in ok)]

@@ -55,8 +55,10 @@ def is_concrete(x: Any) -> bool:
 
 
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool" or (
-        getattr(value, "dtype", None) is not None and str(value.dtype) == "bool"
+    return (
+        isinstance(value, bool)
+        or type(value).__name__ == "bool"
+        or (getattr(value, "dtype", None) is not None and str(value.dtype) == "bool")
     )
 
 
@@ -90,6 +92,11 @@ def as_bool(value: Any, name: str) -> bool:
     if type(value).__name__ == "bool_" or type(value).__name__ == "bool":
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _is_array(a: Any) -> bool:
+    """An array of any array-API library (a plain bool: no narrowing of the caller's type)."""
+    return bool(is_array_api_obj(a))
 
 
 def _library(a: Any) -> str:
@@ -147,21 +154,22 @@ def check_smoothing(xp: ModuleType | None, smoothing: Any, dtype: Any = None, de
     """
     if _is_bool(smoothing) or isinstance(smoothing, (str, bytes)):
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}")
-    keep = xp is not None and is_array_api_obj(smoothing) and not is_numpy_array(smoothing)
-    if keep and (not is_concrete(smoothing) or getattr(smoothing, "requires_grad", False)):
-        if getattr(smoothing, "ndim", 0) != 0:
-            raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(smoothing.shape)}")
+    given: Any = smoothing  # any library's scalar or 0-d array
+    keep = xp is not None and _is_array(given) and not is_numpy_array(given)
+    if keep and (not is_concrete(given) or getattr(given, "requires_grad", False)):
+        if getattr(given, "ndim", 0) != 0:
+            raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(given.shape)}")
         assert xp is not None
-        s = same_namespace(xp, device, smoothing, "smoothing")
+        s = same_namespace(xp, device, given, "smoothing")
         s = xp.astype(s, dtype) if dtype is not None else s
         if is_concrete(s):
-            _check_range(float(s), smoothing)  # PyTorch tensors that require grad
+            _check_range(float(s), given)  # PyTorch tensors that require grad
             return s
         return xp.where((s >= 0.0) & (s <= 1.0), s, math.nan)
-    if getattr(smoothing, "ndim", 0) not in (0, None):
-        raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(smoothing.shape)}")
+    if getattr(given, "ndim", 0) not in (0, None):
+        raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(given.shape)}")
     try:
-        value = float(smoothing)  # Python and NumPy scalars, concrete 0-d arrays
+        value = float(given)  # Python and NumPy scalars, concrete 0-d arrays
     except (TypeError, ValueError) as exc:
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}") from exc
     _check_range(value, smoothing)

@@ -31,17 +31,16 @@ import functools
 import math
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, is_writeable_array
 from array_api_compat import device as get_device
 
 from ls_xp import _checks
+from ls_xp._typing import Convention
 
 Array = Any
-Reduction = Literal["mean", "sum", "none"]
-Convention = Literal["uniform", "others"]
 
 __all__ = ["mixup_targets", "smooth_labels"]
 
@@ -214,12 +213,12 @@ def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array
     return xp.moveaxis(a, source, destination)
 
 
-def _row(xp: ModuleType, v: float | Array) -> Any:
+def _row(xp: ModuleType, v: Any) -> Any:
     """A per-row quantity kept as (N, 1) for broadcasting, flattened to (N,)."""
     return v if isinstance(v, float) or v.ndim == 0 else xp.reshape(v, (-1,))
 
 
-def _col(xp: ModuleType, v: float | Array) -> Any:
+def _col(xp: ModuleType, v: Any) -> Any:
     """A per-row quantity of shape (N,) made (N, 1) to broadcast over classes."""
     return v if isinstance(v, float) or v.ndim == 0 else v[:, None]
 
@@ -341,18 +340,18 @@ class _Rows:
 def _evaluate(
     logits: Array,
     target: Array,
-    smoothing: Any,
+    smoothing: Any = 0.1,
     *,
-    reduction: str,
-    weight: Array | None,
-    ignore_index: Any,
-    axis: Any,
-    convention: str,
-    where: Array | None,
-    log_probs: Any,
-    kl: bool,
-    want_loss: bool,
-    want_grad: bool,
+    reduction: str = "mean",
+    weight: Array | None = None,
+    ignore_index: Any = -100,
+    axis: Any = -1,
+    convention: str = "uniform",
+    where: Array | None = None,
+    log_probs: Any = False,
+    kl: bool = False,
+    want_loss: bool = True,
+    want_grad: bool = False,
     want_target_grad: bool = False,
     want_smoothing_grad: bool = False,
     chunk_size: Any = None,
@@ -389,12 +388,12 @@ def _evaluate(
     where = _checks.same_namespace(xp, dev, where, "where")
 
     rows = _rows(xp, spec, logits, target, weight, where, ax, ignore, reduction)
-    soft = rows.t is not None
-    spec = replace(
-        spec,
-        want_target_grad=want_target_grad and soft,
-        guard_rows=not soft and (not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)),
+    soft = rows.valid is None
+    # ignored rows may hold non-finite logits: mask their gradient rows explicitly
+    guard = rows.valid is not None and (
+        not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)
     )
+    spec = replace(spec, want_target_grad=want_target_grad and soft, guard_rows=guard)
     n_rows = rows.x.shape[0]
     grad_buf = None
     if want_grad and overwrite and _can_overwrite(logits, ax, dt):
@@ -512,7 +511,7 @@ def _blocks(
     classes = xp.arange(num_classes, device=dev)
     offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
 
-    def _fill(buf: Array | None, sl: slice, block: Array | None) -> Array | None:
+    def _fill(buf: Any, sl: slice, block: Any) -> Any:
         """Write a block's rows into ``buf`` (allocated on first use), in place if possible."""
         if block is None:
             return buf
@@ -683,6 +682,7 @@ def _soft_block(
         if sp.log_probs:
             g = -wq * r
         else:
+            assert ls.s is not None and ls.e is not None
             norm = 1.0 + ls.s
             wq_top = _take_per_row(xp, wq, pk, ls.top)[:, None]
             top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
@@ -735,7 +735,9 @@ def _index_block(
     t2 = None
     if smoothing or sp.want_eps_grad:
         # S' l1 + sum'_c w_c (-z_c): every allowed class, or every class but y ("others")
-        z = ls.z if uniform else _put_per_row(xp, ls.z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
+        z = ls.z
+        if not uniform:
+            z = _put_per_row(xp, z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
         other = -xp.sum(z, axis=-1) if cw is None else xp.sum(_weighted(xp, cw, -z), axis=-1)
         t2 = (s_w_n if uniform else s_w_n - wy) * l1_n + other
         row = row + _weighted(xp, b_n, t2)
@@ -772,9 +774,12 @@ def _index_eps_row(
     assert t2 is not None
     d = _weighted(xp, db, t2) - t1
     if sp.kl:
-        dq_y = -1.0 + db if sp.convention == "uniform" else -1.0  # d (q log q) = dq (log q + 1): -inf where q = 0 and dq > 0
-        d = d + _weighted(xp, wy * dq_y, _log_plus_one(xp, q_y)) + _weighted(
-            xp, db * (s_w_n - wy), _log_plus_one(xp, b_n)
+        # d (q log q) = dq (log q + 1): -inf where q = 0 and dq > 0
+        dq_y = -1.0 + db if sp.convention == "uniform" else -1.0
+        d = (
+            d
+            + _weighted(xp, wy * dq_y, _log_plus_one(xp, q_y))
+            + _weighted(xp, db * (s_w_n - wy), _log_plus_one(xp, b_n))
         )
     return d
 
@@ -831,6 +836,7 @@ def _index_grad(
     q_top = xp.where((ls.top == y)[:, None], at_y, elsewhere)
     top_val = q_top * r - q_w_r * (ls.s / norm)
     return _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
+
 
 # --------------------------------------------------------------------------------------
 # target builders (the only functions that materialise targets)

@@ -14,9 +14,10 @@ from typing import Any
 import mpmath
 
 DPS = 60
+Mpf = Any  # mpmath.mpf (mpmath has no type hints)
 
 
-def _mpf(v: Any) -> mpmath.mpf:
+def _mpf(v: Any) -> Mpf:
     """Exact conversion: floats keep their binary value, strings their decimal one."""
     return mpmath.mpf(v)
 
@@ -27,7 +28,7 @@ def smoothed_rows(
     eps: Any,
     convention: str,
     allowed: Sequence[Sequence[bool]] | None = None,
-) -> list[list[mpmath.mpf]]:
+) -> list[list[Mpf]]:
     """The smoothed target distribution q of every row (masked classes get 0)."""
     eps = _mpf(eps)
     rows = []
@@ -58,7 +59,7 @@ def evaluate(
     where: Sequence[Sequence[bool]] | None = None,
     log_probs: bool = False,
     kl: bool = False,
-) -> tuple[Any, list[list[mpmath.mpf]]]:
+) -> tuple[Any, list[list[Mpf]]]:
     """(loss, gradient) at high precision; loss is an mpf or a list of mpf for "none"."""
     with mpmath.workdps(DPS):
         num_classes = len(logits[0])

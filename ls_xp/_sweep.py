@@ -58,8 +58,8 @@ def random_problem(seed: int, *, soft: bool | None = None, extras: bool = False)
             m = logits.max(axis=1, keepdims=True)
             logits = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
     if soft:
-        target = np.moveaxis(rng.dirichlet(np.ones(num_classes), size=(n, *extra)), -1, 1)
-        return Problem(logits, target, smoothing, reduction, weight, kwargs=kwargs)
+        probs = np.moveaxis(rng.dirichlet(np.ones(num_classes), size=(n, *extra)), -1, 1)
+        return Problem(logits, probs, smoothing, reduction, weight, kwargs=kwargs)
     target = rng.integers(0, num_classes, size=(n, *extra))
     if extras and rng.random() < 0.3 and num_classes > 2:
         allowed = rng.random(shape) < 0.8
@@ -88,7 +88,7 @@ def evaluate(problem: Problem, xp: Any, dtype: Any, device: Any = None) -> tuple
     index = xpx.default_dtype(xp, "integral", device=device)
     t = xp.asarray(p.target, dtype=dtype if p.soft else index, device=device)
     w = None if p.weight is None else xp.asarray(p.weight, dtype=dtype, device=device)
-    common = dict(reduction=p.reduction, weight=w, ignore_index=p.ignore_index, axis=1, **kw)
+    common: dict[str, Any] = dict(reduction=p.reduction, weight=w, ignore_index=p.ignore_index, axis=1, **kw)
     loss = (ls_xp.kl_divergence if kl else ls_xp.cross_entropy)(x, t, p.smoothing, **common)
     grad = ls_xp.cross_entropy_grad(x, t, p.smoothing, **common)
     return loss, grad

@@ -62,7 +62,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 2
     from ls_xp import _conformance
 
-    dtypes = args.dtype or list(_conformance.DTYPES)
+    dtypes: list[str] = args.dtype or list(_conformance.DTYPES)
     show = not args.json and sys.stderr.isatty()
 
     def progress(msg: str) -> None:

@@ -65,6 +65,7 @@ def _loss_jvp(
         **o,
     )
     loss = res.loss
+    assert loss is not None
     ax = o["axis"] % logits.ndim
     per_row = o["reduction"] == "none"
 

@@ -51,7 +51,12 @@ class ReferenceCase:
     def call_args(
         self, xp: ModuleType, dtype: Any = None, device: Any = None
     ) -> tuple[list[Any], dict[str, Any]]:
-        """Positional and keyword arguments for ``getattr(ls_xp, self.function)``."""
+        """Positional and keyword arguments for ``getattr(ls_xp, self.function)``.
+
+        ``xp`` is any array namespace or a library module (``numpy``, ``torch``,
+        ``jax.numpy``, ...), which is wrapped by array-api-compat where needed.
+        """
+        xp = _namespace(xp)
         index = _index_dtype(xp, device)
         if self.function in ("smooth_labels", "mixup_targets"):
             labels = xp.asarray(self.inputs["labels"], dtype=index, device=device)
@@ -93,6 +98,13 @@ class ReferenceCase:
             "exact": self.exact,
             "note": self.note,
         }
+
+
+def _namespace(xp: ModuleType) -> ModuleType:
+    """The array-API namespace of a library module (``torch`` -> array-api-compat's torch)."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(xp.asarray(0.0))
 
 
 def _index_dtype(xp: ModuleType, device: Any) -> Any:

@@ -32,7 +32,8 @@ from array_api_compat import array_namespace
 
 from ls_xp import _checks, _core
 
-__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy", "cross_entropy", "kl_divergence"]
+# (also ``cross_entropy`` and ``kl_divergence``, through the module's ``__getattr__``)
+__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy"]
 
 
 def __getattr__(name: str) -> Any:
@@ -80,7 +81,7 @@ class _LabelSmoothingCE(torch.autograd.Function):
         smoothing: Any,
         options: dict[str, Any],
         needs: tuple[bool, bool, bool],
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[Any, ...]:
         res = _core._evaluate(
             logits,
             target,
@@ -120,7 +121,8 @@ class _LabelSmoothingCE(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no N x K zeros for the extra outputs' gradients
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        grad_out = grad_outputs[0]  # the loss's; the other outputs are not differentiable
         if grad_out is None:
             return None, None, None, None, None, None, None
         logits, target, weight, where, smooth_t, grad, tgrad = ctx.saved_tensors
@@ -213,10 +215,14 @@ def _value(
     """The loss through autograd where anything needs a gradient, else straight from the core."""
     if wants_autograd(logits, target, options.get("weight"), smoothing):
         return loss(logits, target, smoothing, kl=kl, **options)
-    return _core._evaluate(logits, target, smoothing, kl=kl, want_loss=True, want_grad=False, **options).loss
+    res = _core._evaluate(logits, target, smoothing, kl=kl, want_loss=True, want_grad=False, **options)
+    assert res.loss is not None
+    return res.loss
 
 
-def _check_options(smoothing: Any, reduction: Any, ignore_index: Any, convention: Any, chunk_size: Any) -> None:
+def _check_options(
+    smoothing: Any, reduction: Any, ignore_index: Any, convention: Any, chunk_size: Any
+) -> None:
     """The checks ``cross_entropy`` makes on its parameters, run at construction."""
     _checks.check_smoothing(None, smoothing)
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
@@ -327,7 +333,7 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
         super().__init__()
         if label_smoothing is not None:
             smoothing = label_smoothing
-        if isinstance(smoothing, torch.Tensor):
+        if getattr(smoothing, "ndim", 0) != 0:
             raise TypeError(
                 "smoothing must be a number here (the first positional argument is the smoothing "
                 "factor, not weight); pass weight=... by keyword"

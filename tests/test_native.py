@@ -125,8 +125,8 @@ def test_numpy_and_python_inputs_are_converted_to_the_logits_library(xb, form):
     got = ls_xp.cross_entropy(x, conv(Y), 0.1, weight=conv(w), where=conv(m), reduction="none")
     assert type(got) is type(expected) or xb.name != "numpy"
     np.testing.assert_allclose(xb.np(got), expected, rtol=1e-12)
-    loss, grad = ls_xp.loss_and_grad(x, conv(Y), 0.1, weight=conv(w))
-    ref_loss, ref_grad = ls_xp.loss_and_grad(x, xb.asarray(Y), 0.1, weight=xb.asarray(w))
+    _loss, grad = ls_xp.loss_and_grad(x, conv(Y), 0.1, weight=conv(w))
+    _ref_loss, ref_grad = ls_xp.loss_and_grad(x, xb.asarray(Y), 0.1, weight=xb.asarray(w))
     np.testing.assert_allclose(xb.np(grad), xb.np(ref_grad), rtol=1e-12)
 
 
@@ -150,7 +150,7 @@ PAIRS = [(a, b) for a in _installed() for b in _installed() if a.backend != b.ba
 def test_arrays_of_another_library_are_named_in_the_error(a, b):
     x = a.xp.asarray(X, device=a.device)
     y = b.xp.asarray(Y, device=b.device)
-    with pytest.raises(TypeError, match=rf"target is a \w+ array but logits is a \w+ array; pass target as"):
+    with pytest.raises(TypeError, match=r"target is a \w+ array but logits is a \w+ array; pass target as"):
         ls_xp.cross_entropy(x, y, 0.1)
     w = b.xp.asarray(np.ones(4), device=b.device)
     with pytest.raises(TypeError, match=r"weight is a \w+ array but logits is"):
@@ -160,7 +160,9 @@ def test_arrays_of_another_library_are_named_in_the_error(a, b):
 def test_arrays_on_another_device_are_named_in_the_error():
     xs = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
     x = xs.asarray(X, device=xs.Device("device1"))
-    with pytest.raises(ValueError, match=r"target is on device .*CPU_DEVICE.* but logits is on device .*device1"):
+    with pytest.raises(
+        ValueError, match=r"target is on device .*CPU_DEVICE.* but logits is on device .*device1"
+    ):
         ls_xp.cross_entropy(x, xs.asarray(Y), 0.1)
     with pytest.raises(ValueError, match=r"where is on device"):
         ls_xp.cross_entropy(x, xs.asarray(Y, device=x.device), 0.1, where=xs.asarray([True] * 4))
@@ -182,7 +184,9 @@ def test_torch_logits_that_require_grad_with_numpy_labels_and_weight():
     w = np.array([1.0, 2.0, 0.5, 1.5])
     ls_xp.cross_entropy(x, Y, 0.1, weight=w).backward()
     ref = torch.tensor(X, requires_grad=True)
-    torch.nn.functional.cross_entropy(ref, torch.tensor(Y), weight=torch.tensor(w), label_smoothing=0.1).backward()
+    torch.nn.functional.cross_entropy(
+        ref, torch.tensor(Y), weight=torch.tensor(w), label_smoothing=0.1
+    ).backward()
     np.testing.assert_allclose(x.grad.numpy(), ref.grad.numpy(), rtol=1e-12)
 
 
@@ -191,7 +195,7 @@ def test_smooth_labels_and_mixup_take_scalars_of_any_library():
     q = ls_xp.smooth_labels(y, np.array(y.max() + 1), np.float32(0.3))
     np.testing.assert_allclose(q[0], [0.8, 0.1, 0.1], rtol=1e-6)
     np.testing.assert_allclose(ls_xp.mixup_targets(y, np.int64(3), np.float32(0.5))[0], [0.5, 0.5, 0.0])
-    with pytest.raises(TypeError, match="num_classes must be an integer, got 3.0"):
+    with pytest.raises(TypeError, match=r"num_classes must be an integer, got 3\.0"):
         ls_xp.smooth_labels(y, 3.0)
     with pytest.raises(TypeError, match="lam must be a real number, got True"):
         ls_xp.mixup_targets(y, 3, True)
@@ -321,10 +325,16 @@ def test_others_convention_keeps_full_accuracy_for_every_eps(xb, eps):
     err = np.max(np.abs(got - ex) / np.spacing(ex))
     assert err <= 8, f"{err:.1f} ulp"
     ex_kl = np.array(
-        [float(v) for v in _exact.evaluate(x.tolist(), y.tolist(), eps, reduction="none", convention="others",
-                                            kl=True)[0]]  # fmt: skip
+        [
+            float(v)
+            for v in _exact.evaluate(
+                x.tolist(), y.tolist(), eps, reduction="none", convention="others", kl=True
+            )[0]
+        ]
     )
-    got_kl = xb.np(ls_xp.kl_divergence(xb.asarray(x), xb.asarray(y), eps, reduction="none", convention="others"))
+    got_kl = xb.np(
+        ls_xp.kl_divergence(xb.asarray(x), xb.asarray(y), eps, reduction="none", convention="others")
+    )
     # the KL form is the cross-entropy minus the entropy of q: accurate relative to those
     np.testing.assert_allclose(got_kl, ex_kl, rtol=1e-12, atol=8 * np.finfo(float).eps * np.max(ex))
 
@@ -332,3 +342,105 @@ def test_others_convention_keeps_full_accuracy_for_every_eps(xb, eps):
 def test_the_issue_accuracy_example():
     got = float(ls_xp.cross_entropy(np.array([[30.0, 0.0]]), np.array([1]), 1.0, convention="others"))
     assert abs(got - 9.357622968839737e-14) <= 2 * np.spacing(9.357622968839737e-14)
+
+
+# ---------------------------------------------------------------- torch.nn.CrossEntropyLoss drop-in
+
+
+def _module_inputs(torch, kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "2d":
+        return torch.randn(6, 5, generator=g, dtype=torch.float64), torch.tensor([0, 4, 2, 1, 3, 2])
+    if kind == "nd":
+        return torch.randn(3, 5, 2, 4, generator=g, dtype=torch.float64), torch.randint(
+            0, 5, (3, 2, 4), generator=g
+        )
+    if kind == "unbatched":
+        return torch.randn(5, generator=g, dtype=torch.float64), torch.tensor(3)
+    if kind == "probabilities":
+        x = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+        return x, torch.softmax(torch.randn(4, 5, 3, generator=g, dtype=torch.float64), dim=1)
+    raise AssertionError(kind)
+
+
+MODULE_CASES = [
+    ("2d", {}),
+    ("2d", {"label_smoothing": 0.1}),
+    ("2d", {"weight": [1.0, 2.0, 0.5, 1.5, 1.0], "label_smoothing": 0.2, "reduction": "sum"}),
+    ("2d", {"ignore_index": 2, "reduction": "none", "label_smoothing": 0.05}),
+    ("nd", {"label_smoothing": 0.1}),
+    ("nd", {"weight": [1.0, 2.0, 0.5, 1.5, 1.0], "ignore_index": 1}),
+    ("unbatched", {"label_smoothing": 0.3}),
+    ("probabilities", {"label_smoothing": 0.1, "reduction": "mean"}),
+    ("probabilities", {"weight": [1.0, 2.0, 0.5, 1.5, 1.0], "reduction": "none"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "kw"), MODULE_CASES)
+def test_cross_entropy_loss_module_equals_torch(kind, kw):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from ls_xp.torch import CrossEntropyLoss
+
+    kw = dict(kw)
+    if "weight" in kw:
+        kw["weight"] = torch.tensor(kw["weight"], dtype=torch.float64)
+    ours, theirs = CrossEntropyLoss(**kw), torch.nn.CrossEntropyLoss(**kw)
+    x, y = _module_inputs(torch, kind)
+    xa, xb_ = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b = ours(xa, y), theirs(xb_, y)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    a.sum().backward()
+    b.sum().backward()
+    torch.testing.assert_close(xa.grad, xb_.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_cross_entropy_loss_module_constructor_state_dict_and_repr():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from ls_xp.torch import CrossEntropyLoss
+
+    w = torch.tensor([1.0, 2.0, 3.0])
+    ours = CrossEntropyLoss(w, None, 1, None, "sum", 0.1)  # PyTorch's positional order
+    theirs = torch.nn.CrossEntropyLoss(w, None, 1, None, "sum", 0.1)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert (ours.ignore_index, ours.reduction, ours.label_smoothing) == (1, "sum", 0.1)
+    assert repr(ours) == repr(theirs) == "CrossEntropyLoss()"
+    assert ours.state_dict().keys() == theirs.state_dict().keys() == {"weight"}
+    fresh = CrossEntropyLoss(torch.zeros(3))
+    fresh.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(fresh.weight, w)
+    with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
+        assert CrossEntropyLoss(size_average=False).reduction == "sum"  # the legacy arguments too
+    assert "convention='others'" in repr(CrossEntropyLoss(convention="others"))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    model.loss = CrossEntropyLoss(w)
+    assert "loss.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "message"),
+    [
+        ({"reduction": "avg"}, ValueError, "reduction must be one of"),
+        ({"label_smoothing": 1.5}, ValueError, r"smoothing must be in \[0, 1\]"),
+        ({"convention": "fairseq"}, ValueError, "convention must be one of"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
+    ],
+)
+def test_modules_check_their_arguments_at_construction(kw, error, message):
+    pytest.importorskip("torch", reason="torch is not installed")
+    from ls_xp.torch import CrossEntropyLoss, LabelSmoothingCrossEntropy
+
+    with pytest.raises(error, match=message):
+        CrossEntropyLoss(**kw)
+    kw = {("smoothing" if k == "label_smoothing" else k): v for k, v in kw.items()}
+    with pytest.raises(error, match=message):
+        LabelSmoothingCrossEntropy(**kw)
+
+
+def test_label_smoothing_module_takes_pytorchs_name_and_refuses_a_positional_weight():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from ls_xp.torch import LabelSmoothingCrossEntropy
+
+    x, y = torch.arange(12.0).reshape(4, 3), torch.tensor([0, 2, 1, 2])
+    assert LabelSmoothingCrossEntropy(label_smoothing=0.1)(x, y).item() == pytest.approx(1.1826059644)
+    with pytest.raises(TypeError, match="not weight"):
+        LabelSmoothingCrossEntropy(torch.ones(3))
