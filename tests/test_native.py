@@ -444,3 +444,29 @@ def test_label_smoothing_module_takes_pytorchs_name_and_refuses_a_positional_wei
     assert LabelSmoothingCrossEntropy(label_smoothing=0.1)(x, y).item() == pytest.approx(1.1826059644)
     with pytest.raises(TypeError, match="not weight"):
         LabelSmoothingCrossEntropy(torch.ones(3))
+
+
+def test_the_readme_optax_row_with_a_class_mask():
+    optax = pytest.importorskip("optax", reason="optax is not installed")
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    jnp = jax.numpy
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 6)), np.array([0, 1, 2, 3, 4])
+    m = rng.random((5, 6)) < 0.7
+    m[np.arange(5), y] = True
+    jax.config.update("jax_enable_x64", True)  # as the rest of the suite
+    labels = optax.smooth_labels(jax.nn.one_hot(y, 6, dtype=jnp.float64), 0.2, where=jnp.asarray(m))
+    theirs = optax.softmax_cross_entropy(jnp.asarray(x), labels, where=jnp.asarray(m)).mean()
+    ours = ls_xp.cross_entropy(jnp.asarray(x), y, 0.2, where=m)
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-12)
+
+
+def test_a_1d_where_is_one_class_mask_for_every_row():
+    """Unlike optax, where a 1-D ``where`` of length N masks examples (documented)."""
+    x = np.random.default_rng(1).normal(size=(4, 4))
+    y = np.array([0, 1, 1, 0])
+    m = np.array([True, True, False, True])
+    np.testing.assert_array_equal(
+        ls_xp.cross_entropy(x, y, 0.1, where=m, reduction="none"),
+        ls_xp.cross_entropy(x, y, 0.1, where=np.broadcast_to(m, (4, 4)), reduction="none"),
+    )
