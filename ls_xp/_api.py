@@ -8,9 +8,8 @@ rule); every other array calls the core directly. No framework is imported here.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
-
-from array_api_compat import is_jax_array, is_torch_array
 
 from ls_xp._core import _evaluate
 from ls_xp._typing import ArrayT, Convention, Reduction
@@ -20,14 +19,28 @@ Array = Any  # targets, weights and masks: arrays of the logits' library, NumPy 
 __all__ = ["cross_entropy", "cross_entropy_grad", "kl_divergence", "loss_and_grad"]
 
 
+def _instance_of(x: Any, module: str, cls: str) -> bool:
+    """``isinstance(x, module.cls)`` without importing the module: an array of a library
+    that was never imported cannot exist. (Cheap for torch.compile to trace.)"""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(x, getattr(mod, cls))
+
+
+def is_torch_array(x: Any) -> bool:
+    return _instance_of(x, "torch", "Tensor")
+
+
+def is_jax_array(x: Any) -> bool:
+    return _instance_of(x, "jax", "Array") or _instance_of(x, "jax.core", "Tracer")
+
+
 def _loss(*args: Any, kl: bool, **kwargs: Any) -> Array:
     logits = args[0]
     if is_torch_array(logits):
         from ls_xp import torch as adapter
 
-        if adapter.wants_autograd(args[0], args[1], kwargs.get("weight"), args[2]):
-            return adapter.loss(*args, kl=kl, **kwargs)
-    elif is_jax_array(logits):
+        return adapter.value(*args, kl=kl, **kwargs)
+    if is_jax_array(logits):
         from ls_xp import jax as jax_adapter
 
         return jax_adapter.loss(*args, kl=kl, **kwargs)
@@ -102,6 +115,14 @@ _SHARED_DOC = """
         arrays that can be filled in place (NumPy, PyTorch, CuPy, array-api-strict) and
         one block for lazy or immutable ones (JAX, Dask). Results do not depend on it
         beyond the last bit of the summed reductions.
+    check_values : bool, optional
+        Whether array *values* are read to raise on bad ones (class indices out of range,
+        negative weights, ``where`` rows without an allowed class, smoothing out of range).
+        ``None`` (default): on host arrays yes; on accelerators (CUDA, MPS, XPU, CuPy, JAX
+        GPU) no, because reading a value back is a host synchronisation that stalls the
+        device queue and breaks CUDA-graph capture; there the affected positions give NaN,
+        as under ``jax.jit``. ``True`` reads them anyway (one synchronisation per check),
+        ``False`` never does. Values that cannot be read (traced, Dask) always give NaN.
 
     Notes
     -----
@@ -135,6 +156,7 @@ def loss_and_grad(
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
     overwrite_logits: bool = False,
+    check_values: bool | None = None,
 ) -> tuple[ArrayT, ArrayT]:
     """Label-smoothed cross-entropy and its gradient with respect to ``logits``, in one pass.
 
@@ -169,6 +191,7 @@ def loss_and_grad(
         log_probs=log_probs,
         chunk_size=chunk_size,
         overwrite_logits=overwrite_logits,
+        check_values=check_values,
         want_loss=True,
     )
     return loss, grad
@@ -187,6 +210,7 @@ def cross_entropy(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
 ) -> ArrayT:
     """Softmax cross-entropy against label-smoothed targets.
 
@@ -219,6 +243,7 @@ def cross_entropy(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        check_values=check_values,
         kl=False,
     )
 
@@ -237,6 +262,7 @@ def cross_entropy_grad(
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
     overwrite_logits: bool = False,
+    check_values: bool | None = None,
 ) -> ArrayT:
     """Analytic gradient of :func:`cross_entropy` with respect to ``logits``.
 
@@ -268,6 +294,7 @@ def cross_entropy_grad(
         log_probs=log_probs,
         chunk_size=chunk_size,
         overwrite_logits=overwrite_logits,
+        check_values=check_values,
         want_loss=False,
     )
     return grad
@@ -286,6 +313,7 @@ def kl_divergence(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
 ) -> ArrayT:
     """KL(q || p) between the smoothed targets and the predicted distribution.
 
@@ -313,6 +341,7 @@ def kl_divergence(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        check_values=check_values,
         kl=True,
     )
 

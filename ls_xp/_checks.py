@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from array_api_compat import (
     array_namespace,
     is_array_api_obj,
+    is_cupy_array,
     is_dask_array,
     is_jax_array,
     is_lazy_array,
@@ -33,6 +35,36 @@ from array_api_compat import device as get_device
 
 REDUCTIONS = ("mean", "sum", "none")
 CONVENTIONS = ("uniform", "others")
+PLANS = ("auto", "cpu", "accelerator")
+_ACCELERATOR_NAMES = ("cuda", "gpu", "mps", "xpu", "rocm", "tpu", "hpu", "metal", "opencl")
+
+
+def on_accelerator(x: Any) -> bool:
+    """Whether ``x`` lives on an accelerator (anything but host memory): CuPy arrays, and
+    devices named like ``cuda:0``, ``mps``, ``xpu``, JAX's ``gpu``/``tpu`` platforms.
+    array-api-strict's emulated devices are host memory."""
+    if is_cupy_array(x):
+        return True
+    dev = get_device(x)
+    if dev is None:  # inside jax.jit: the compiler decides, values are never read anyway
+        return False
+    name = str(getattr(dev, "platform", None) or getattr(dev, "type", None) or dev).lower()
+    return any(k in name for k in _ACCELERATOR_NAMES)
+
+
+def plan(x: Any) -> str:
+    """The execution plan for arrays like ``x``: ``"cpu"`` or ``"accelerator"``.
+
+    ``LS_XP_PLAN`` in the environment (``auto``, ``cpu``, ``accelerator``) forces one, as a
+    testing and tuning aid: ``accelerator`` on a CPU runs exactly the code path a GPU runs.
+    """
+    forced = os.environ.get("LS_XP_PLAN", "auto").strip().lower() or "auto"
+    if forced not in PLANS:
+        allowed = ", ".join(repr(p) for p in PLANS)
+        raise ValueError(f"the environment variable LS_XP_PLAN must be one of {allowed}, got {forced!r}")
+    if forced != "auto":
+        return forced
+    return "accelerator" if on_accelerator(x) else "cpu"
 
 
 def is_concrete(x: Any) -> bool:
@@ -145,7 +177,9 @@ def _library_of(xp: ModuleType) -> str:
     return name.split(".")[0]
 
 
-def check_smoothing(xp: ModuleType | None, smoothing: Any, dtype: Any = None, device: Any = None) -> Any:
+def check_smoothing(
+    xp: ModuleType | None, smoothing: Any, dtype: Any = None, device: Any = None, read: bool = True
+) -> Any:
     """The smoothing factor as a Python float, or as a 0-d array of ``xp`` where it must
     stay one: traced (``jax.jit``, ``jax.grad``) or requiring grad (PyTorch).
 
@@ -156,13 +190,13 @@ def check_smoothing(xp: ModuleType | None, smoothing: Any, dtype: Any = None, de
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}")
     given: Any = smoothing  # any library's scalar or 0-d array
     keep = xp is not None and _is_array(given) and not is_numpy_array(given)
-    if keep and (not is_concrete(given) or getattr(given, "requires_grad", False)):
+    if keep and (not read or not is_concrete(given) or getattr(given, "requires_grad", False)):
         if getattr(given, "ndim", 0) != 0:
             raise ValueError(f"smoothing must be a scalar (0-d), got shape {tuple(given.shape)}")
         assert xp is not None
         s = same_namespace(xp, device, given, "smoothing")
         s = xp.astype(s, dtype) if dtype is not None else s
-        if is_concrete(s):
+        if read and is_concrete(s):
             _check_range(float(s), given)  # PyTorch tensors that require grad
             return s
         return xp.where((s >= 0.0) & (s <= 1.0), s, math.nan)
@@ -228,8 +262,9 @@ def first_value(xp: ModuleType, values: Any, bad: Any) -> Any:
     return int(item) if xp.isdtype(values.dtype, "integral") else float(item)
 
 
-def any_true(xp: ModuleType, mask: Any) -> bool:
-    """``bool(xp.any(mask))`` for concrete arrays; always False for lazy ones."""
-    if not is_concrete(mask):
+def any_true(xp: ModuleType, mask: Any, read: bool = True) -> bool:
+    """``bool(xp.any(mask))`` for concrete arrays when values may be ``read``; always False
+    for lazy ones, and without ``read`` (no host synchronisation on an accelerator)."""
+    if not read or not is_concrete(mask):
         return False
     return bool(xp.any(mask))

@@ -228,7 +228,9 @@ def _col(xp: ModuleType, v: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def _class_weight(xp: ModuleType, weight: Array | None, num_classes: int, dtype: Any) -> Array | None:
+def _class_weight(
+    xp: ModuleType, weight: Array | None, num_classes: int, dtype: Any, read: bool
+) -> Array | None:
     if weight is None:
         return None
     if tuple(weight.shape) != (num_classes,):
@@ -239,7 +241,7 @@ def _class_weight(xp: ModuleType, weight: Array | None, num_classes: int, dtype:
         raise TypeError(f"weight must have a real dtype, got {weight.dtype}")
     w = xp.astype(weight, dtype, copy=False)
     bad = ~(w >= 0.0) | ~xp.isfinite(w)
-    if _checks.any_true(xp, bad):
+    if _checks.any_true(xp, bad, read):
         value = _checks.first_value(xp, w, bad)
         raise ValueError(f"weight must be finite and non-negative, got an entry {value!r}")
     return w
@@ -318,6 +320,8 @@ class _Spec:
     want_eps_grad: bool
     guard_rows: bool
     inplace: bool
+    plan: str  # "cpu" or "accelerator" (see _checks.plan)
+    read: bool  # values may be read back (checks that raise); never on the accelerator plan
 
 
 @dataclass(frozen=True)
@@ -357,9 +361,12 @@ def _evaluate(
     chunk_size: Any = None,
     inplace: bool = True,
     overwrite_logits: Any = False,
+    check_values: Any = None,
 ) -> Result:
     """Loss and derivatives in one blocked pass (the core of every public function)."""
     xp = array_namespace(logits)
+    plan = _checks.plan(logits)
+    read = plan == "cpu" if check_values is None else _checks.as_bool(check_values, "check_values")
     _checks.check_floating(xp, logits, "logits")
     if logits.ndim < 1:
         raise ValueError("logits must have at least one dimension (the class axis)")
@@ -368,11 +375,11 @@ def _evaluate(
     dev = get_device(logits)
     dt = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 compute in float32
     spec = _Spec(
-        eps=_checks.check_smoothing(xp, smoothing, dt, dev),
+        eps=_checks.check_smoothing(xp, smoothing, dt, dev, read),
         convention=_checks.check_choice("convention", convention, _checks.CONVENTIONS),
         log_probs=_checks.as_bool(log_probs, "log_probs"), kl=kl, dtype=dt, want_grad=want_grad,
         want_target_grad=want_target_grad, want_eps_grad=want_smoothing_grad, guard_rows=False,
-        inplace=inplace,
+        inplace=inplace, plan=plan, read=read,
     )  # fmt: skip
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     ignore = _checks.as_int(ignore_index, "ignore_index")
@@ -391,14 +398,14 @@ def _evaluate(
     soft = rows.valid is None
     # ignored rows may hold non-finite logits: mask their gradient rows explicitly
     guard = rows.valid is not None and (
-        not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)
+        not read or not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)
     )
     spec = replace(spec, want_target_grad=want_target_grad and soft, guard_rows=guard)
     n_rows = rows.x.shape[0]
     grad_buf = None
     if want_grad and overwrite and _can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
-    row, drow, grad, tgrad = _blocks(xp, spec, rows, _block_rows(rows.x, chunk_size), grad_buf)
+    row, drow, grad, tgrad = _blocks(xp, spec, rows, _block_rows(rows.x, chunk_size, plan), grad_buf)
 
     batch_shape = shape[:ax] + shape[ax + 1 :]
 
@@ -452,14 +459,14 @@ def _rows(
         )
     x = xp.reshape(_move_axis(xp, logits, ax, -1), (-1, num_classes))  # a view where possible
     n_rows = x.shape[0]
-    w = _class_weight(xp, weight, num_classes, dt)
+    w = _class_weight(xp, weight, num_classes, dt, sp.read)
     m = _class_mask(xp, where, shape, ax)
     classes = xp.arange(num_classes, device=dev)
     w_sum = None if w is None else xp.sum(w)
     if m is not None:
         need = 2 if sp.convention == "others" and not _is_zero(sp.eps) else 1
         few = xp.sum(xp.astype(m, classes.dtype), axis=-1, dtype=classes.dtype) < need
-        if _checks.any_true(xp, few):
+        if _checks.any_true(xp, few, sp.read):
             raise ValueError(
                 f"where leaves fewer than {need} allowed class(es) in some row"
                 + (' (convention="others" needs two)' if need == 2 else "")
@@ -473,7 +480,7 @@ def _rows(
     y = xp.astype(xp.reshape(target, (-1,)), classes.dtype)
     valid = y != ignore_index
     bad = valid & ((y < 0) | (y >= num_classes))
-    if _checks.any_true(xp, bad):
+    if _checks.any_true(xp, bad, sp.read):
         value = _checks.first_value(xp, y, bad)
         raise ValueError(
             f"target contains class index {value}, outside [0, {num_classes}) "
@@ -481,7 +488,7 @@ def _rows(
         )
     if m is not None:
         bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
-        if _checks.any_true(xp, bad):
+        if _checks.any_true(xp, bad, sp.read):
             value = _checks.first_value(xp, y, bad)
             raise ValueError(f"target class {value} is masked out by where")
     y = xp.where(valid & ~bad, y, 0)  # safe to gather with
@@ -551,6 +558,9 @@ def _blocks(
 # Measured at 4096 x 32000 float32 here: NumPy is flat from 2^18 to 2^19 and slower at
 # 2^20; PyTorch, which pays a thread hand-off per operation, is 20% faster at 2^19.
 _BLOCK_ELEMENTS = 1 << 19
+# the accelerator plan: one block up to 2^28 elements (1 GiB of float32 temporaries), then
+# equal blocks below that budget (8192 x 131072 float32: 4 blocks)
+_ACCELERATOR_BLOCK_ELEMENTS = 1 << 28
 
 
 def _can_overwrite(logits: Array, axis: int, dtype: Any) -> bool:
@@ -565,15 +575,19 @@ def _can_overwrite(logits: Array, axis: int, dtype: Any) -> bool:
     )
 
 
-def _block_rows(x: Array, chunk_size: int | None) -> int:
+def _block_rows(x: Array, chunk_size: int | None, plan: str = "cpu") -> int:
     """Rows per block. Blocks are used where arrays are ours to fill in place (NumPy,
     PyTorch, CuPy, array-api-strict); lazy or immutable arrays (Dask, JAX) are left to
-    their own scheduler/compiler, in one block."""
+    their own scheduler/compiler, in one block. The accelerator plan takes as few blocks
+    as the memory budget allows: each block is a handful of launches, whatever its size."""
     n_rows, num_classes = x.shape
     if chunk_size is not None:
         return chunk_size
     if not (_checks.is_concrete(x) and is_writeable_array(x)):
         return max(n_rows, 1)
+    if plan == "accelerator":
+        blocks = -(-n_rows * num_classes // _ACCELERATOR_BLOCK_ELEMENTS)  # ceil
+        return max(1, -(-n_rows // max(blocks, 1)))
     return max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
 
 
@@ -893,7 +907,7 @@ def smooth_labels(
     ax = _checks.check_axis(axis, labels.ndim + 1)
     out_dtype = xpx.default_dtype(xp, device=dev) if dtype is None else dtype
     bad = (labels < 0) | (labels >= num_classes)
-    if _checks.any_true(xp, bad):
+    if _checks.any_true(xp, bad, _checks.plan(labels) == "cpu"):
         value = _checks.first_value(xp, labels, bad)
         raise ValueError(f"labels contains class index {value}, outside [0, {num_classes})")
     on = 1.0 - eps + (off if convention == "uniform" else 0.0)

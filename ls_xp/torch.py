@@ -119,6 +119,30 @@ class _LabelSmoothingCE(torch.autograd.Function):
             ctx.buffers = None
         ctx.save_for_backward(logits, target, weight, where, smooth_t, grad, tgrad)
         ctx.set_materialize_grads(False)  # no N x K zeros for the extra outputs' gradients
+        ctx.forward_inputs = (logits, target, weight, where, smoothing)  # for jvp (forward mode)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[Any, ...]:
+        """Forward mode (torch.func.jvp, jacfwd, hessian): the tangent of the loss is the
+        analytic gradient contracted with the tangents of the inputs."""
+        d_logits, d_target, _, _, d_smoothing = tangents[:5]
+        logits, target, weight, where, smoothing = ctx.forward_inputs
+        soft = target.shape == logits.shape and target.dtype.is_floating_point
+        res = _core._evaluate(
+            logits, target, smoothing, want_loss=False, want_grad=d_logits is not None,
+            want_target_grad=soft and d_target is not None, want_smoothing_grad=d_smoothing is not None,
+            weight=weight, where=where, inplace=False, **ctx.options,
+        )  # fmt: skip
+        axis, per_row = ctx.options["axis"] % logits.ndim, ctx.options["reduction"] == "none"
+        tangent = None
+        for g, d in ((res.grad, d_logits), (res.target_grad, d_target)):
+            if g is not None:
+                term = torch.sum(g * d, dim=axis) if per_row else torch.sum(g * d)
+                tangent = term if tangent is None else tangent + term
+        if res.smoothing_grad is not None:
+            term = res.smoothing_grad * d_smoothing
+            tangent = term if tangent is None else tangent + term
+        return tangent, None, None, None
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
@@ -151,10 +175,19 @@ class _LabelSmoothingCE(torch.autograd.Function):
             grad, tgrad = res.grad, res.target_grad
             owned = not differentiable
         scale = _broadcastable(grad_out, logits.ndim, opts["axis"], opts["reduction"])
+        look = _checks.plan(logits) == "cpu"  # on an accelerator, never read the scale back
         d_smooth = None
         if ctx.dsmooth is not None:
             d_smooth = torch.sum(grad_out * ctx.dsmooth)
-        return _scaled(grad, scale, owned), _scaled(tgrad, scale, owned), None, None, d_smooth, None, None
+        return (
+            _scaled(grad, scale, owned, look),
+            _scaled(tgrad, scale, owned, look),
+            None,
+            None,
+            d_smooth,
+            None,
+            None,
+        )
 
 
 def _broadcastable(grad_out: torch.Tensor, ndim: int, axis: int, reduction: str) -> torch.Tensor:
@@ -163,11 +196,14 @@ def _broadcastable(grad_out: torch.Tensor, ndim: int, axis: int, reduction: str)
     return grad_out
 
 
-def _scaled(g: torch.Tensor | None, scale: torch.Tensor, owned: bool) -> torch.Tensor | None:
-    """``g * scale``; in place in a buffer that is ``owned`` (ours to give away)."""
+def _scaled(
+    g: torch.Tensor | None, scale: torch.Tensor, owned: bool, look: bool = True
+) -> torch.Tensor | None:
+    """``g * scale``; in place in a buffer that is ``owned`` (ours to give away). Where the
+    scale may be read (``look``: not on the accelerator plan) a scale of 1 costs nothing."""
     if g is None:
         return None
-    if scale.ndim == 0 and not g.requires_grad and _is_one(scale):
+    if look and scale.ndim == 0 and not g.requires_grad and _is_one(scale):
         return g  # loss.backward(): the buffer as it is
     if owned and not scale.requires_grad:
         return g.mul_(scale.to(g.dtype))
@@ -181,6 +217,123 @@ def _is_one(scale: torch.Tensor) -> bool:
         return False
 
 
+# ------------------------------------------------------------------ inside compilers
+# torch.compile (fullgraph) and torch.export see the loss as one opaque operator with a
+# fake (shape-only) implementation, so they never trace the array-API code. Its forward
+# returns the loss and the analytic derivatives; its backward scales them.
+
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("ls_xp::label_smoothed_ce", mutates_args=())
+def _ce_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    reduction: str,
+    ignore_index: int,
+    axis: int,
+    convention: str,
+    log_probs: bool,
+    kl: bool,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    res = _core._evaluate(
+        logits, target, eps if smoothing is None else smoothing, reduction=reduction, weight=weight,
+        ignore_index=ignore_index, axis=axis, convention=convention, where=where, log_probs=log_probs,
+        kl=kl, want_grad=needs[0], want_target_grad=needs[1], want_smoothing_grad=needs[2],
+        chunk_size=chunk_size or None, check_values=None if check_values < 0 else bool(check_values),
+    )  # fmt: skip
+    assert res.loss is not None
+    outs = (res.loss, res.grad, res.target_grad, res.smoothing_grad)
+    return tuple(  # type: ignore[return-value]
+        logits.new_empty(_EMPTY) if o is None else o.contiguous().clone() if o is logits else o.contiguous()
+        for o in outs
+    )
+
+
+@_ce_op.register_fake
+def _ce_op_fake(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    reduction: str,
+    ignore_index: int,
+    axis: int,
+    convention: str,
+    log_probs: bool,
+    kl: bool,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ax = axis % logits.ndim
+    batch = [s for i, s in enumerate(logits.shape) if i != ax]
+    loss = logits.new_empty(batch if reduction == "none" else ())
+    return (
+        loss,
+        logits.new_empty(logits.shape) if needs[0] else logits.new_empty(_EMPTY),
+        target.new_empty(target.shape) if needs[1] else logits.new_empty(_EMPTY),
+        logits.new_empty(loss.shape) if needs[2] else logits.new_empty(_EMPTY),
+    )
+
+
+def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+    _, grad, tgrad, dsmooth = output
+    ctx.axis, ctx.reduction, ctx.needs = inputs[8], inputs[6], inputs[12]
+    ctx.save_for_backward(grad, tgrad, dsmooth)
+
+
+def _ce_op_backward(ctx: Any, grad_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    grad, tgrad, dsmooth = ctx.saved_tensors
+    scale = grad_out.unsqueeze(ctx.axis % grad.ndim) if ctx.reduction == "none" and ctx.needs[0] else grad_out
+    if ctx.reduction == "none" and ctx.needs[1]:
+        tscale = grad_out.unsqueeze(ctx.axis % tgrad.ndim)
+    else:
+        tscale = grad_out
+    return (
+        grad * scale if ctx.needs[0] else None,
+        tgrad * tscale if ctx.needs[1] else None,
+        None,
+        None,
+        torch.sum(grad_out * dsmooth) if ctx.needs[2] else None,
+        *([None] * 10),
+    )
+
+
+torch.library.register_autograd(_ce_op, _ce_op_backward, setup_context=_ce_op_setup)
+
+
+def _compiled_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    smoothing: Any,
+    kl: bool,
+    opts: dict[str, Any],
+    needs: tuple[bool, bool, bool],
+) -> torch.Tensor:
+    """The loss as the opaque operator (under torch.compile / torch.export)."""
+    tensor_eps = isinstance(smoothing, torch.Tensor)
+    check = opts.get("check_values")
+    return _ce_op(
+        logits, target, weight, where,
+        smoothing if tensor_eps else None, 0.0 if tensor_eps else float(smoothing),
+        opts.get("reduction", "mean"), int(opts.get("ignore_index", -100)), int(opts.get("axis", -1)),
+        opts.get("convention", "uniform"), bool(opts.get("log_probs", False)), kl, list(needs),
+        int(opts.get("chunk_size") or 0), -1 if check is None else int(check),
+    )[0]  # fmt: skip
+
+
 def loss(
     logits: torch.Tensor,
     target: Any,
@@ -192,16 +345,15 @@ def loss(
     **options: Any,
 ) -> torch.Tensor:
     """The differentiable loss (called by ``ls_xp.cross_entropy`` / ``kl_divergence``)."""
-    xp = array_namespace(logits)
-    target = _checks.same_namespace(xp, logits.device, target, "target")
-    weight = _checks.same_namespace(xp, logits.device, weight, "weight")
-    where = _checks.same_namespace(xp, logits.device, where, "where")
+    target, weight, where = (_as_tensor(logits, a, name) for a, name in _named(target, weight, where))
     soft = target.shape == logits.shape and target.dtype.is_floating_point
     needs = (
         _requires_grad(logits),
         bool(soft and _requires_grad(target)),
         isinstance(smoothing, torch.Tensor) and _requires_grad(smoothing),
     )
+    if torch.compiler.is_compiling() and not set(options) - _OP_OPTIONS:
+        return _compiled_loss(logits, target, weight, where, smoothing, kl, options, needs)
     opts = {"kl": kl, **options}
     opts.setdefault("reduction", "mean")
     opts.setdefault("axis", -1)
@@ -209,15 +361,39 @@ def loss(
     return out
 
 
-def _value(
+_OP_OPTIONS = {"reduction", "ignore_index", "axis", "convention", "log_probs", "chunk_size", "check_values"}
+
+
+def _named(target: Any, weight: Any, where: Any) -> tuple[tuple[Any, str], ...]:
+    return ((target, "target"), (weight, "weight"), (where, "where"))
+
+
+def _as_tensor(logits: torch.Tensor, a: Any, name: str) -> Any:
+    """Tensors pass as they are (the core checks their device); NumPy arrays and Python
+    values become tensors on the logits' device. Plain ``isinstance`` keeps this cheap
+    to trace for torch.compile."""
+    if a is None or isinstance(a, torch.Tensor):
+        return a
+    return _checks.same_namespace(array_namespace(logits), logits.device, a, name)
+
+
+def value(
     logits: torch.Tensor, target: Any, smoothing: Any, *, kl: bool = False, **options: Any
 ) -> torch.Tensor:
-    """The loss through autograd where anything needs a gradient, else straight from the core."""
+    """The loss through autograd where anything needs a gradient, else straight from the core.
+
+    Under ``torch.autocast`` the loss is float32, as native ``cross_entropy``'s (a loss on
+    PyTorch's autocast-to-float32 list); the gradient keeps the logits' dtype.
+    """
     if wants_autograd(logits, target, options.get("weight"), smoothing):
-        return loss(logits, target, smoothing, kl=kl, **options)
-    res = _core._evaluate(logits, target, smoothing, kl=kl, want_loss=True, want_grad=False, **options)
-    assert res.loss is not None
-    return res.loss
+        out = loss(logits, target, smoothing, kl=kl, **options)
+    else:
+        res = _core._evaluate(logits, target, smoothing, kl=kl, want_loss=True, want_grad=False, **options)
+        assert res.loss is not None
+        out = res.loss
+    if torch.is_autocast_enabled(logits.device.type) and out.dtype != torch.float64:
+        out = out.float()
+    return out
 
 
 def _check_options(
@@ -276,7 +452,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, where: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return _value(
+        return value(
             input,
             target,
             self.label_smoothing,
@@ -353,7 +529,7 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, where: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return _value(
+        return value(
             input,
             target,
             self.smoothing,

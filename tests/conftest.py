@@ -28,9 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @dataclass(frozen=True)
 class XB:
-    """A backend on a device, with helpers to move NumPy data in and out."""
+    """A backend on a device, with helpers to move NumPy data in and out.
+
+    ``plan="accelerator"`` runs the backend under ``LS_XP_PLAN=accelerator``: the code path
+    of a GPU (no values read back, few large blocks), forced on this CPU.
+    """
 
     target: _backends.Target
+    plan: str | None = None
 
     @property
     def xp(self) -> Any:
@@ -46,8 +51,8 @@ class XB:
 
     @property
     def eager(self) -> bool:
-        """Values can be read (so bad values raise instead of giving NaN)."""
-        return self.name != "dask"
+        """Values are read (so bad values raise instead of giving NaN)."""
+        return self.name != "dask" and self.plan != "accelerator"
 
     def dtype(self, name: str) -> Any:
         return self.target.dtypes[name]
@@ -66,7 +71,7 @@ class XB:
         return np.asarray(self.target.to_numpy(x), dtype=np.float64)
 
     def __str__(self) -> str:
-        return self.target.label
+        return self.target.label + ("" if self.plan is None else f"+{self.plan}-plan")
 
 
 @cache
@@ -79,7 +84,18 @@ def _discovered(selected: tuple[str, ...] | None) -> list[Any]:
             continue  # CPU_DEVICE and device1 prove device placement; ls-xp check runs the rest
         else:
             params.append(pytest.param(XB(t), id=t.label))
+            if t.backend in ("numpy", "torch") and "cpu" in t.label:
+                params.append(pytest.param(XB(t, "accelerator"), id=f"{t.label}+accelerator-plan"))
     return params
+
+
+@pytest.fixture(autouse=True)
+def _execution_plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set ``LS_XP_PLAN`` for the tests of a backend run under a forced plan."""
+    if "xb" in request.fixturenames:
+        xb = request.getfixturevalue("xb")
+        if isinstance(xb, XB) and xb.plan is not None:
+            monkeypatch.setenv("LS_XP_PLAN", xb.plan)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
