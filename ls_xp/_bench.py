@@ -1,16 +1,23 @@
 """``ls-xp bench``: loss + gradient of ls_xp against the named peers, in one run.
 
 Every measurement runs in a fresh Python process: the inputs are built, the resident
-memory is read, the function is run once (warm-up, compilation) and then timed ``repeats``
-times. Reported: the median time, the peak memory beyond the inputs (peak RSS, VmHWM, less
-the RSS before the first run; Linux) and ratios to every peer of the same backend measured
-in the same run. The machines are shared and noisy: read the medians and
-ratios, not single numbers.
+memory is read (``resource.getrusage``), the function is run once (warm-up, compilation)
+and then timed ``repeats`` times. ls_xp and each peer are measured alternately (A B A B,
+``pairs`` times), and the ratio reported is the median of the per-pair ratios, so that the
+drift of a shared machine cancels. Reported per implementation: the median time, the peak
+host memory beyond the inputs (peak RSS less the RSS before the first run), on a non-CPU
+device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
+JAX's ``memory_stats``), and for PyTorch the operations and host synchronisations of one
+call (PyTorch profiler: top-level ``aten::`` operations, and ``_local_scalar_dense`` events,
+one per value read back by ``bool()``, ``.item()`` or ``float()``; on a GPU each operation is
+at least one kernel launch and each read a synchronisation).
+``busy=True`` keeps one core busy with a spinning process while measuring.
 
 The peers (written here as baselines, or the libraries' own functions):
 
 - numpy: ``numpy-inplace``, a careful hand-written in-place version; ``numpy-dense``, the
-  dense smoothed-target version in the style of seed 001;
+  dense smoothed-target version in the style of the blog post "Label Smoothing Cross
+  Entropy" (a full target matrix);
 - torch: ``torch-native``, ``F.cross_entropy(..., label_smoothing=eps)`` forward + backward;
 - jax: ``optax``, ``softmax_cross_entropy(x, smooth_labels(one_hot(y)))`` under
   ``jit(value_and_grad)``.
@@ -18,22 +25,28 @@ The peers (written here as baselines, or the libraries' own functions):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 SIZES: dict[str, tuple[int, int]] = {
     "small": (64, 10),
+    "busy": (2048, 32000),
     "medium": (4096, 32000),
     "large": (2048, 131072),
+    "wide": (8192, 65536),
+    "xlarge": (8192, 131072),
 }
 EPS = 0.1
+DTYPES = ("float32", "bfloat16")
 
 # (backend, implementation) -> module needed
 IMPLEMENTATIONS: dict[tuple[str, str], str] = {
@@ -45,6 +58,22 @@ IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("jax", "ls_xp"): "jax",
     ("jax", "optax"): "optax",
 }
+# a value read back: bool() -> is_nonzero -> item -> _local_scalar_dense; count it once
+SYNC_EVENT = "aten::_local_scalar_dense"
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """A named size or ``NxK``."""
+    if size in SIZES:
+        return SIZES[size]
+    try:
+        n, k = (int(v) for v in size.lower().split("x"))
+    except ValueError as exc:
+        names = ", ".join(SIZES)
+        raise ValueError(f"size must be one of {names} or NxK (e.g. 2048x32000), got {size!r}") from exc
+    if n < 1 or k < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return n, k
 
 
 # ------------------------------------------------------------------ the measured functions
@@ -72,7 +101,8 @@ def _numpy_inplace(x: Any, y: Any) -> tuple[Any, Any]:
 
 
 def _numpy_dense(x: Any, y: Any) -> tuple[Any, Any]:
-    """Dense smoothed targets, as in seed 001: log_softmax, full target matrix, product."""
+    """Dense smoothed targets, as in the blog post "Label Smoothing Cross Entropy":
+    log_softmax, a full target matrix, their product."""
     import numpy as np
 
     n, k = x.shape
@@ -85,50 +115,60 @@ def _numpy_dense(x: Any, y: Any) -> tuple[Any, Any]:
     return loss, grad
 
 
-def _setup(backend: str, impl: str, n: int, k: int) -> Callable[[], Any]:
+def _setup(backend: str, impl: str, n: int, k: int, dtype: str, device: str) -> Callable[[], Any]:
     import numpy as np
 
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((n, k), dtype=np.float32)
     y_np = rng.integers(0, k, n)
     if backend == "numpy":
+        if dtype != "float32" or device != "cpu":
+            raise ValueError("the NumPy implementations run in float32 on the CPU only")
         import ls_xp
 
-        fn = {
+        fn: Callable[[], Any] = {
             "ls_xp": lambda: ls_xp.loss_and_grad(x_np, y_np, EPS),
             "numpy-inplace": lambda: _numpy_inplace(x_np, y_np),
             "numpy-dense": lambda: _numpy_dense(x_np, y_np),
         }[impl]
         return fn
     if backend == "torch":
-        import torch
+        return _setup_torch(impl, x_np, y_np, dtype, device)
+    return _setup_jax(impl, x_np, y_np, dtype, device)
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        x: Any = torch.from_numpy(x_np).requires_grad_()
-        y: Any = torch.from_numpy(y_np)
-        if impl == "ls_xp":
-            import ls_xp
 
-            def run() -> Any:
-                x.grad = None
-                loss = ls_xp.cross_entropy(x, y, EPS)
-                loss.backward()
-                return loss
+def _setup_torch(impl: str, x_np: Any, y_np: Any, dtype: str, device: str) -> Callable[[], Any]:
+    import torch
 
-        else:
+    torch.set_num_threads(os.cpu_count() or 1)
+    x0 = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, dtype))
+    y = torch.from_numpy(y_np).to(device)
+    sync = torch.cuda.synchronize if x0.is_cuda else (lambda: None)
+    if impl == "ls_xp":
+        import ls_xp
 
-            def run() -> Any:
-                x.grad = None
-                loss = torch.nn.functional.cross_entropy(x, y, label_smoothing=EPS)
-                loss.backward()
-                return loss
+        loss_fn: Callable[[Any, Any], Any] = lambda x, t: ls_xp.cross_entropy(x, t, EPS)  # noqa: E731
+    else:
+        loss_fn = lambda x, t: torch.nn.functional.cross_entropy(x, t, label_smoothing=EPS)  # noqa: E731
 
-        return run
+    def run() -> Any:
+        x = x0.detach().requires_grad_()
+        loss = loss_fn(x, y)
+        loss.backward()
+        sync()
+        return loss
+
+    return run
+
+
+def _setup_jax(impl: str, x_np: Any, y_np: Any, dtype: str, device: str) -> Callable[[], Any]:
     import jax
     import jax.numpy as jnp
 
-    x = jnp.asarray(x_np)
-    y = jnp.asarray(y_np)
+    dev = jax.devices(device)[0]
+    x = jax.device_put(jnp.asarray(x_np, dtype=getattr(jnp, dtype)), dev)
+    y = jax.device_put(jnp.asarray(y_np), dev)
+    k = x_np.shape[1]
     if impl == "ls_xp":
         import ls_xp
 
@@ -150,17 +190,68 @@ def _setup(backend: str, impl: str, n: int, k: int) -> Callable[[], Any]:
     return run_jax
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _worker(backend: str, impl: str, n: int, k: int, repeats: int) -> dict[str, Any]:
-    run = _setup(backend, impl, n, k)
-    baseline = _rss_kib("VmRSS")  # the inputs exist; nothing has run yet
+def _rss_bytes() -> int:
+    """Current resident memory; ``ru_maxrss`` where /proc is missing (an upper bound)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return _peak_rss_bytes()
+
+
+class _DeviceMemory:
+    """Peak device memory beyond what existed before the first run (non-CPU devices)."""
+
+    def __init__(self, backend: str, device: str) -> None:
+        self.backend, self.device, self.base = backend, device, 0
+        if device == "cpu":
+            return
+        if backend == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        elif backend == "jax":
+            self.base = self._jax_stats().get("bytes_in_use", 0)
+
+    def _jax_stats(self) -> dict[str, int]:
+        import jax
+
+        return jax.devices(self.device)[0].memory_stats() or {}
+
+    def peak(self) -> int | None:
+        if self.device == "cpu":
+            return None
+        if self.backend == "torch":
+            import torch
+
+            return int(torch.cuda.max_memory_allocated() - self.base)
+        if self.backend == "jax":
+            return int(self._jax_stats().get("peak_bytes_in_use", 0) - self.base)
+        return None
+
+
+def _torch_ops(run: Callable[[], Any]) -> dict[str, int]:
+    """Top-level aten operations and host syncs of one call (after the warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return {"ops": len(top), "syncs": sum(e.name == SYNC_EVENT for e in events)}
+
+
+def _worker(backend: str, impl: str, n: int, k: int, repeats: int, dtype: str, device: str) -> dict[str, Any]:
+    run = _setup(backend, impl, n, k, dtype, device)
+    baseline = _rss_bytes()  # the inputs exist; nothing has run yet
+    device_memory = _DeviceMemory(backend, device)
     out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
     del out
     times = []
@@ -169,8 +260,15 @@ def _worker(backend: str, impl: str, n: int, k: int, repeats: int) -> dict[str, 
         out = run()
         times.append(time.perf_counter() - t0)
         del out
-    peak_kib = _rss_kib("VmHWM") - baseline
-    return {"time_s": statistics.median(times), "times_s": times, "peak_bytes": peak_kib * 1024}
+    result: dict[str, Any] = {
+        "time_s": statistics.median(times),
+        "times_s": times,
+        "peak_bytes": max(0, _peak_rss_bytes() - baseline),
+        "device_peak_bytes": device_memory.peak(),
+    }
+    if backend == "torch":
+        result.update(_torch_ops(run))
+    return result
 
 
 # ------------------------------------------------------------------ the driver
@@ -186,18 +284,35 @@ def available_implementations(backends: list[str] | None = None) -> list[tuple[s
     return out
 
 
-def measure(backend: str, impl: str, size: str, repeats: int = 5, timeout: float = 900) -> dict[str, Any]:
-    n, k = SIZES[size]
-    code = (
-        "import json, sys; from ls_xp import _bench; "
-        f"print(json.dumps(_bench._worker({backend!r}, {impl!r}, {n}, {k}, {repeats})))"
-    )
+def measure(
+    backend: str,
+    impl: str,
+    size: str,
+    repeats: int = 5,
+    timeout: float = 900,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    n, k = parse_size(size)
+    call = f"_bench._worker({backend!r}, {impl!r}, {n}, {k}, {repeats}, {dtype!r}, {device!r})"
+    code = f"import json, sys; from ls_xp import _bench; print(json.dumps({call}))"
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
-    result: dict[str, Any] = {"backend": backend, "impl": impl, "size": size, "shape": [n, k]}
+    result: dict[str, Any] = {
+        "backend": backend, "impl": impl, "size": size, "shape": [n, k], "dtype": dtype, "device": device,
+    }  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        result["error"] = f"timed out after {timeout:.0f} s"
+        return result
     if proc.returncode != 0:
         result["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return result
@@ -205,40 +320,115 @@ def measure(backend: str, impl: str, size: str, repeats: int = 5, timeout: float
     return result
 
 
+@contextlib.contextmanager
+def _busy_core(enabled: bool) -> Iterator[None]:
+    """Keep one core busy with a spinning process (a data loader's share of the machine)."""
+    if not enabled:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def run_bench(
-    backends: list[str] | None, sizes: list[str], repeats: int, progress: Callable[[str], None] | None = None
+    backends: list[str] | None,
+    sizes: list[str],
+    repeats: int,
+    progress: Callable[[str], None] | None = None,
+    *,
+    pairs: int = 1,
+    dtype: str = "float32",
+    device: str = "cpu",
+    busy: bool = False,
 ) -> dict[str, Any]:
-    impls = available_implementations(backends)
-    results = []
-    total = len(impls) * len(sizes)
-    for i, (size, (backend, impl)) in enumerate(((s, bi) for s in sizes for bi in impls), start=1):
-        if progress:
-            progress(f"[{i}/{total}] {backend} {impl} {size} {SIZES[size][0]}x{SIZES[size][1]}")
-        results.append(measure(backend, impl, size, repeats))
-    return {"results": results, "ratios": ratios(results), "machine": machine()}
+    """Every implementation at every size, ``pairs`` times in alternation (ls_xp, peer, ...)."""
+    impls = [
+        bi
+        for bi in available_implementations(backends)
+        if not (bi[0] == "numpy" and (dtype, device) != ("float32", "cpu"))
+    ]
+    runs: list[dict[str, Any]] = []
+    total = len(impls) * len(sizes) * pairs
+    i = 0
+    with _busy_core(busy):
+        for size in sizes:
+            for _ in range(pairs):
+                for backend, impl in impls:
+                    i += 1
+                    if progress:
+                        progress(f"[{i}/{total}] {backend} {impl} {size} {dtype} {device}")
+                    runs.append(measure(backend, impl, size, repeats, dtype=dtype, device=device))
+    results = _combine(runs)
+    return {
+        "results": results,
+        "ratios": ratios(runs),
+        "machine": machine(),
+        "settings": {"pairs": pairs, "repeats": repeats, "dtype": dtype, "device": device, "busy": busy},
+    }
 
 
-def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """ls_xp / peer for time and peak memory, per backend and size, same run."""
+def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (backend, implementation, size): medians over the pairs."""
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        rows.setdefault((r["backend"], r["impl"], r["size"]), []).append(r)
     out = []
-    for r in results:
-        if r["impl"] != "ls_xp" or "error" in r:
+    for group in rows.values():
+        ok = [r for r in group if "error" not in r]
+        if not ok:
+            out.append(group[-1])
             continue
-        for peer in results:
-            if peer["backend"] != r["backend"] or peer["size"] != r["size"] or peer["impl"] == "ls_xp":
+        row = dict(ok[0])
+        for key in ("time_s", "peak_bytes", "device_peak_bytes", "ops", "syncs"):
+            vals = [r[key] for r in ok if r.get(key) is not None]
+            row[key] = statistics.median(vals) if vals else None
+        row["times_s"] = [r["time_s"] for r in ok]
+        out.append(row)
+    return out
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ls_xp / peer for time and memory, per backend and size: the median of the ratios of
+    the pairs measured next to each other in this run."""
+    out = []
+    by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        by_key.setdefault((r["backend"], r["impl"], r["size"]), []).append(r)
+    for (backend, impl, size), ours in by_key.items():
+        if impl != "ls_xp":
+            continue
+        for (b2, peer, s2), theirs in by_key.items():
+            if b2 != backend or s2 != size or peer == "ls_xp":
                 continue
-            if "error" in peer:
+            pairs = [
+                (a, b) for a, b in zip(ours, theirs, strict=False) if "error" not in a and "error" not in b
+            ]
+            if not pairs:
                 continue
-            mem = None
-            if r.get("peak_bytes") is not None and peer.get("peak_bytes"):
-                mem = r["peak_bytes"] / peer["peak_bytes"]
+
+            def median_ratio(
+                key: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]] = pairs
+            ) -> float | None:
+                vals = [a[key] / b[key] for a, b in pairs if a.get(key) is not None and b.get(key)]
+                return statistics.median(vals) if vals else None
+
             out.append(
                 {
-                    "backend": r["backend"],
-                    "size": r["size"],
-                    "peer": peer["impl"],
-                    "time_ratio": r["time_s"] / peer["time_s"],
-                    "memory_ratio": mem,
+                    "backend": backend,
+                    "size": size,
+                    "peer": peer,
+                    "pairs": len(pairs),
+                    "time_ratio": median_ratio("time_s"),
+                    "memory_ratio": median_ratio("peak_bytes"),
+                    "device_memory_ratio": median_ratio("device_peak_bytes"),
+                    "ops": (statistics.median(a["ops"] for a, _ in pairs) if "ops" in pairs[0][0] else None),
+                    "peer_ops": (
+                        statistics.median(b["ops"] for _, b in pairs) if "ops" in pairs[0][1] else None
+                    ),
                 }
             )
     return out
@@ -252,10 +442,16 @@ def machine() -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"machine: {report['machine']}", ""]
-    lines.append(
+    st = report.get("settings", {})
+    lines = [
+        f"machine: {report['machine']}",
+        f"settings: {st.get('dtype', 'float32')} on {st.get('device', 'cpu')}, "
+        f"{st.get('pairs', 1)} alternating pair(s) of fresh processes, "
+        f"median of {st.get('repeats', '?')} runs each" + (", one core kept busy" if st.get("busy") else ""),
+        "",
         f"{'backend':8s} {'implementation':15s} {'size':7s} {'shape':>13s} {'median':>9s} {'peak extra':>11s}"
-    )
+        f" {'device peak':>12s} {'ops':>6s} {'syncs':>5s}",
+    ]
     for r in report["results"]:
         shape = "x".join(str(d) for d in r["shape"])
         if "error" in r:
@@ -263,16 +459,26 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{r['backend']:8s} {r['impl']:15s} {r['size']:7s} {shape:>13s}  error: {r['error']}"
             )
             continue
-        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
+        peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
+        dev = "-" if r.get("device_peak_bytes") is None else f"{r['device_peak_bytes'] / 2**20:8.0f} MiB"
+        ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
+        syncs = "-" if r.get("syncs") is None else f"{r['syncs']:.0f}"
         lines.append(
             f"{r['backend']:8s} {r['impl']:15s} {r['size']:7s} {shape:>13s} {r['time_s']:8.4f}s {peak:>11s}"
+            f" {dev:>12s} {ops:>6s} {syncs:>5s}"
         )
     if report["ratios"]:
-        lines += ["", "ratios ls_xp / peer (same run; < 1 is better):"]
+        lines += ["", "ratios ls_xp / peer (median over the pairs of this run; < 1 is better):"]
         for q in report["ratios"]:
             mem = "-" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}x"
+            dev = (
+                ""
+                if q.get("device_memory_ratio") is None
+                else f"  device memory {q['device_memory_ratio']:.2f}x"
+            )
+            ops = "" if q.get("ops") is None else f"  ops {q['ops']:.0f} vs {q['peer_ops']:.0f}"
             head = f"  {q['backend']:6s} {q['size']:7s} vs {q['peer']:14s}"
-            lines.append(f"{head} time {q['time_ratio']:.2f}x  memory {mem}")
+            lines.append(f"{head} time {q['time_ratio']:.2f}x  memory {mem}{dev}{ops}")
     return "\n".join(lines)
 
 
@@ -283,7 +489,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     ok = [r for r in report["results"] if "error" not in r]
-    sizes = [s for s in SIZES if any(r["size"] == s for r in ok)]
+    sizes = list(dict.fromkeys(r["size"] for r in ok))
     labels = sorted({(r["backend"], r["impl"]) for r in ok})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(labels), 1)
@@ -298,7 +504,7 @@ def plot(report: dict[str, Any], path: str) -> None:
             ax.bar([i + j * width for i in range(len(sizes))], vals, width, label=f"{backend}: {impl}")
     for ax, title in ((axes[0], "median time (s)"), (axes[1], "peak memory beyond inputs (MiB)")):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))])
-        ax.set_xticklabels([f"{s}\n{SIZES[s][0]}x{SIZES[s][1]}" for s in sizes])
+        ax.set_xticklabels([f"{s}\n{'x'.join(map(str, parse_size(s)))}" for s in sizes])
         ax.set_yscale("log")
         ax.set_title(title)
     axes[0].legend(fontsize=8)

@@ -150,8 +150,14 @@ def _at(pk: _Picks, cols: Array) -> Array:
 
 
 def _take_per_row(xp: ModuleType, a: Array, pk: _Picks, cols: Array) -> Array:
-    """``a[i, cols[i]]`` for every row i, shape (n,)."""
-    return xp.take(xp.reshape(a, (-1,)), pk.offsets + cols)
+    """``a[i, cols[i]]`` for every row i, shape (n,).
+
+    Eager mutable arrays index directly (one gather; the indices are in range by
+    construction, so ``take``'s wrapping of negative indices, three more operations on
+    PyTorch, is not needed); the others use ``take``.
+    """
+    flat = xp.reshape(a, (-1,))
+    return xp.take(flat, pk.offsets + cols) if pk.dense else flat[pk.offsets + cols]
 
 
 def _put_per_row(
@@ -174,11 +180,19 @@ def _put_per_row(
 
 def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
     """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
-    two block-sized temporaries."""
+    two block-sized temporaries. The standard's in-place operators write in place where
+    the library can (and rebind where it cannot, e.g. JAX): one operation each."""
     if not inplace:
         return a * scale if shift is None else a * scale - shift
-    out = xpx.at(a)[...].multiply(scale, copy=None, xp=xp)
-    return out if shift is None else xpx.at(out)[...].subtract(shift, copy=None, xp=xp)
+    a *= scale
+    if shift is not None:
+        a -= shift
+    return a
+
+
+def _astype(xp: ModuleType, a: Array, dtype: Any) -> Array:
+    """``astype`` only where the dtype differs (no operation at all otherwise)."""
+    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def _log_softmax_parts(
@@ -197,7 +211,7 @@ def _log_softmax_parts(
         last = xm.shape[-1] - 1  # also where a NaN row points
         top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1)
     else:
-        top = xp.astype(xp.argmax(xm, axis=-1), pk.offsets.dtype, copy=False)  # some devices lack int64
+        top = _astype(xp, xp.argmax(xm, axis=-1), pk.offsets.dtype)  # some devices lack int64
         x_max = _take_per_row(xp, xm, pk, top)[:, None]
     z = xm - x_max
     top_at = _at(pk, top)
@@ -239,7 +253,7 @@ def _class_weight(
         )
     if not xp.isdtype(weight.dtype, ("real floating", "integral")):
         raise TypeError(f"weight must have a real dtype, got {weight.dtype}")
-    w = xp.astype(weight, dtype, copy=False)
+    w = _astype(xp, weight, dtype)
     bad = ~(w >= 0.0) | ~xp.isfinite(w)
     if _checks.any_true(xp, bad, read):
         value = _checks.first_value(xp, w, bad)
@@ -418,13 +432,13 @@ def _evaluate(
             out = xp.sum(r)
         else:
             out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
-        return xp.astype(out, logits.dtype, copy=False)
+        return _astype(xp, out, logits.dtype)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None or g is logits:
             return g  # the logits were overwritten in place, as the caller allowed
         g = _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax)
-        return xp.astype(g, dtype, copy=False)
+        return _astype(xp, g, dtype)
 
     del n_rows
     return Result(
@@ -477,7 +491,7 @@ def _rows(
         factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
         return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total)
 
-    y = xp.astype(xp.reshape(target, (-1,)), classes.dtype)
+    y = _astype(xp, xp.reshape(target, (-1,)), classes.dtype)
     valid = y != ignore_index
     bad = valid & ((y < 0) | (y >= num_classes))
     if _checks.any_true(xp, bad, sp.read):
@@ -527,15 +541,15 @@ def _blocks(
         return xpx.at(buf, (sl, slice(None))).set(block)
 
     def _sl(a: Any, sl: slice) -> Any:
-        return a if a is None or isinstance(a, float) else a[sl, ...]
+        return a if a is None or isinstance(a, float) or step >= n_rows else a[sl, ...]
 
     out: list[_BlockOut] = []
     tgrad_buf = None
     for lo in range(0, n_rows, step):
         sl = slice(lo, min(n_rows, lo + step))
         b = _block(
-            xp, sp, xp.astype(rw.x[sl, ...], dt, copy=False),
-            y=_sl(rw.y, sl), t=None if rw.t is None else xp.astype(rw.t[sl, ...], dt, copy=False),
+            xp, sp, _astype(xp, rw.x[sl, ...] if step < n_rows else rw.x, dt),
+            y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
             valid=_sl(rw.valid, sl), bad=_sl(rw.bad, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
             pk=_Picks(offsets[: sl.stop - lo], classes, dense),

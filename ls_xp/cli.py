@@ -86,7 +86,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not args.json:
             print(msg, file=sys.stderr, flush=True)
 
-    report = _bench.run_bench(args.backend, args.size or ["small", "medium"], args.repeats, progress)
+    sizes = args.size or ["small", "medium"]
+    for size in sizes:
+        try:
+            _bench.parse_size(size)
+        except ValueError as exc:
+            print(f"ls-xp bench: {exc}", file=sys.stderr)
+            return 2
+    report = _bench.run_bench(
+        args.backend, sizes, args.repeats, progress,
+        pairs=args.pairs, dtype=args.dtype, device=args.device, busy=args.busy,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -122,8 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_chk.set_defaults(func=_cmd_check)
     p_b = sub.add_parser("bench", help="time and peak memory of loss + gradient against the peers")
     p_b.add_argument("--backend", action="append", choices=["numpy", "torch", "jax"], help="repeatable")
-    p_b.add_argument("--size", action="append", choices=["small", "medium", "large"], help="repeatable")
+    p_b.add_argument(
+        "--size",
+        action="append",
+        help="small (64x10), busy (2048x32000), medium (4096x32000), large (2048x131072), "
+        "wide (8192x65536), xlarge (8192x131072) or NxK; repeatable (default: small, medium)",
+    )
     p_b.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p_b.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="alternating ls_xp/peer rounds, each in fresh processes (median ratio)",
+    )
+    p_b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="logits dtype")
+    p_b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, gpu (JAX), ... (default cpu)")
+    p_b.add_argument("--busy", action="store_true", help="keep one core busy with a spinning process")
     p_b.add_argument("--json", action="store_true", help="machine-readable output")
     p_b.add_argument("--plot", metavar="FILE.png", help="draw time and memory per backend and size")
     p_b.set_defaults(func=_cmd_bench)
