@@ -243,7 +243,7 @@ def _torch_ops(run: Callable[[], Any]) -> dict[str, int]:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    events = [e for e in prof.events() or [] if e.name.startswith("aten::")]
     top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
     return {"ops": len(top), "syncs": sum(e.name == SYNC_EVENT for e in events)}
 

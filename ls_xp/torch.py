@@ -1,22 +1,28 @@
-"""PyTorch adapter: autograd with the analytic gradient, and an ``nn.Module``.
+"""PyTorch adapter: autograd with the analytic gradient, a compiler-friendly operator, and
+the ``nn.Module`` classes.
 
-``ls_xp.cross_entropy`` (and ``kl_divergence``) route here when a tensor needs
-gradients. The forward pass evaluates the loss *and* the analytic gradient in one blocked
-pass of the core and keeps only that gradient (and, for probability targets that require
-grad, the gradient for the target), not log-probabilities and temporaries. The first
-backward pass hands that buffer over to autograd (scaled in place by the incoming gradient
-when that is not 1) and drops its own reference, so PyTorch's accumulation into ``.grad``
-takes it without a copy; a later backward through a retained graph recomputes it from the
-saved logits.
+``ls_xp.cross_entropy`` (and ``kl_divergence``) route here for every tensor. Eagerly, a
+loss that needs gradients is an ``autograd.Function``: the forward pass evaluates the loss
+*and* the analytic gradient in one blocked pass of the core and keeps only that gradient
+(and, for probability targets or a smoothing tensor that require grad, their derivatives),
+not log-probabilities and temporaries. The first backward pass hands that buffer over to
+autograd (scaled in place by the incoming gradient when that is not 1) and drops its own
+reference, so PyTorch's accumulation into ``.grad`` takes it without a copy; a later
+backward through a retained graph recomputes it from the saved logits.
 
 Double backward (``create_graph=True``, ``gradgradcheck``, Hessian-vector products)
 recomputes the gradient from the saved logits with differentiable tensor operations, so
-second derivatives are exact as well.
+second derivatives are exact as well. Forward mode (``torch.func.jvp``, ``jacfwd``,
+``hessian``) contracts the same analytic gradient with the tangents.
+
+Inside ``torch.compile`` and ``torch.export`` the loss is the custom operator
+``ls_xp::label_smoothed_ce`` (``torch.library.custom_op``) with a shape-only fake
+implementation and a registered backward, so compilers see one opaque operator and no
+graph break, and exported programs carry it.
 
 ``torch.func.grad`` and ``torch.func.vmap`` are supported (the vmap rule is generated);
 under them the value checks of the core are skipped (bad labels give NaN, as under
-``jax.jit``). ``torch.compile`` works: the loss runs as an opaque autograd function
-between compiled graphs.
+``jax.jit``). Under ``torch.autocast`` the loss is float32, as native ``cross_entropy``'s.
 
 A gradient with respect to ``weight`` is not implemented (PyTorch raises there too).
 """
