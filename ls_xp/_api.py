@@ -52,8 +52,7 @@ def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Any, Any]:
     if is_torch_array(args[0]):
         from ls_xp import torch as adapter
 
-        with adapter.no_grad():
-            res = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
+        res = adapter.values(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
         return res.loss, res.grad
     res = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
     return res.loss, res.grad
