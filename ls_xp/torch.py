@@ -408,8 +408,11 @@ def _with_block_size(logits: torch.Tensor, options: dict[str, Any]) -> dict[str,
     """The PyTorch CPU plan's rows per block, unless the caller chose ``chunk_size``."""
     if options.get("chunk_size") is not None or logits.ndim < 1 or _checks.plan(logits) != "cpu":
         return options
-    num_classes = logits.shape[options.get("axis", -1)] if logits.ndim else 1
-    return {**options, "chunk_size": max(1, _CPU_BLOCK_ELEMENTS // max(int(num_classes), 1))}
+    try:
+        num_classes = int(logits.shape[options.get("axis", -1)])
+    except (IndexError, TypeError):  # a bad axis: the core raises the error that names it
+        return options
+    return {**options, "chunk_size": max(1, _CPU_BLOCK_ELEMENTS // max(num_classes, 1))}
 
 
 def values(*args: Any, **kwargs: Any) -> _core.Result:
