@@ -9,20 +9,26 @@ Notation (per position n, K classes, class axis moved last):
     z_c   = x_c - max_k x_k                       shifted logits, z <= 0
     L1    = log1p(sum_{c != argmax} exp(z_c))     so that  lse(x) = max(x) + L1
     -log p_c = L1 - z_c                           a sum of two non-negative numbers
-    q     = a * onehot(y) + b                     smoothed target (index targets)
-    loss_n = sum_c w_c q_c (L1 - z_c)
-           = a w_y (L1 - z_y) + b (S_w L1 + sum_c w_c (-z_c)),   S_w = sum_c w_c
-    d loss_n / d x_c = (sum_k w_k q_k) p_c - w_c q_c
+    b     = eps / K ("uniform") or eps / (K - 1) ("others"), the smoothing mass of a class
+    loss_n = (1 - eps) w_y (L1 - z_y) + b (S' L1 + sum'_c w_c (-z_c))
+    d loss_n / d x_c   = Q p_c - w_c q_c,          Q = sum_k w_k q_k
+    d loss_n / d eps   = -w_y (L1 - z_y) + (b / eps) (S' L1 + sum'_c w_c (-z_c))
 
-with a = 1 - eps, b = eps / K ("uniform") or b = eps / (K - 1), a = 1 - eps - b ("others").
-For 0 <= eps <= (K-1)/K every term above is non-negative, so the loss is a sum of
-non-negative numbers and keeps full relative accuracy, also for tiny losses of confident,
-correct predictions (the log1p form avoids the cancellation in lse - x_y).
+where S' and sum' run over every allowed class ("uniform") or over the classes other than
+y ("others"). Every factor is non-negative for every eps in [0, 1], so the loss is a sum
+of non-negative numbers and keeps full relative accuracy, also for tiny losses of
+confident, correct predictions (the log1p form avoids the cancellation in lse - x_y); a
+factor of 0 makes its term 0 even against a -inf logit (0 * inf = 0, :func:`_weighted`).
+The loss is affine in eps for fixed logits, so its eps-derivative is exact too.
 
-Rows are evaluated in blocks (temporaries stay cache-sized) where arrays are eager and
-mutable; there one entry per row (the target class, the first maximum) is read by a gather
-and written by an in-place scatter. Lazy or immutable arrays get one block and boolean
-masks instead, which a compiler fuses into the elementwise passes (:class:`_Picks`).
+The evaluation (:func:`_evaluate`) runs in three steps: checks and per-row bookkeeping
+(:func:`_rows`), the block function over row blocks (:func:`_blocks`, :func:`_block`,
+:func:`_index_block` / :func:`_soft_block`), and the reduction. Rows are evaluated in
+blocks where arrays are eager and mutable; there one entry per row (the target class, the
+first maximum) is read by a gather and written by an in-place scatter. Lazy or immutable
+arrays get one block and boolean masks instead, which a compiler fuses into the
+elementwise passes (:class:`_Picks`). The execution plan (:func:`ls_xp._checks.plan`)
+sizes the blocks and decides whether values may be read back: never on an accelerator.
 """
 
 from __future__ import annotations
@@ -415,7 +421,6 @@ def _evaluate(
         not read or not _checks.is_concrete(rows.valid) or _checks.any_true(xp, ~rows.valid)
     )
     spec = replace(spec, want_target_grad=want_target_grad and soft, guard_rows=guard)
-    n_rows = rows.x.shape[0]
     grad_buf = None
     if want_grad and overwrite and _can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
@@ -440,7 +445,6 @@ def _evaluate(
         g = _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax)
         return _astype(xp, g, dtype)
 
-    del n_rows
     return Result(
         loss=_reduce(row, math.nan) if want_loss else None,
         grad=_unflatten(grad, logits.dtype),
