@@ -398,9 +398,9 @@ def value(
 # Elements per block on the CPU plan. Every PyTorch CPU operation hands its work to the
 # intra-op thread pool; with a core taken by a data loader each hand-off waits, so PyTorch
 # wants fewer, larger blocks than NumPy's cache-sized ones (the core's 2^19). Measured at
-# 2048 x 32000 float32 on this 2-core machine, ls_xp / native time with one core busy:
-# 2.23x at 2^19, 1.50x at 2^22, 1.14x at 2^23; quiet 0.96x, 0.87x, 0.85x; peak memory
-# 0.35x, 0.37x, 0.41x of native's.
+# 2048 x 32000 float32 on this 2-core machine (2 alternating pairs each), ls_xp / native
+# time with one core busy: 1.67x at 2^19, 1.35x at 2^21 and 2^22, 0.86x at 2^23; quiet
+# 0.79x, 0.74x, 0.72x, 0.75x; peak memory 0.36x, 0.39x, 0.43x, 0.51x of native's.
 _CPU_BLOCK_ELEMENTS = 1 << 23
 
 
