@@ -397,11 +397,14 @@ def value(
 
 # Elements per block on the CPU plan. Every PyTorch CPU operation hands its work to the
 # intra-op thread pool; with a core taken by a data loader each hand-off waits, so PyTorch
-# wants fewer, larger blocks than NumPy's cache-sized ones (the core's 2^19). Measured at
-# 2048 x 32000 float32 on this 2-core machine (2 alternating pairs each), ls_xp / native
-# time with one core busy: 1.67x at 2^19, 1.35x at 2^21 and 2^22, 0.86x at 2^23; quiet
-# 0.79x, 0.74x, 0.72x, 0.75x; peak memory 0.36x, 0.39x, 0.43x, 0.51x of native's.
-_CPU_BLOCK_ELEMENTS = 1 << 23
+# wants fewer, larger blocks than NumPy's cache-sized ones (the core's 2^19). A block stays
+# under 32 MiB of float32, glibc's largest mmap threshold: larger temporaries are mapped
+# fresh (and page-faulted) for every block. Measured at 2048 x 32000 float32 on this
+# 2-core machine (2 alternating pairs each), ls_xp / native time with one core busy: 1.67x
+# at 2^19 elements, 1.35x at 2^21, 0.98x here; quiet 0.79x, 0.74x, 0.68x; peak memory
+# 0.36x, 0.39x, 0.50x of native's. At 2048 x 131072 (quiet): 0.85x with 2^23 (32 MiB
+# blocks), 0.56x here.
+_CPU_BLOCK_ELEMENTS = 7 << 20
 
 
 def _with_block_size(logits: torch.Tensor, options: dict[str, Any]) -> dict[str, Any]:
