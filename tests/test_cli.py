@@ -1,0 +1,53 @@
+"""The command line says what is wrong instead of a traceback, and never reports a false green."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import ls_xp
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ls_xp", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_version():
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"ls-xp {ls_xp.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("check", "--backend", "numpyy"), "invalid choice: 'numpyy'"),
+        (("check", "--sweep", "-1"), "--sweep: must be a positive integer, got '-1'"),
+        (("bench", "--pairs", "0"), "--pairs: must be a positive integer, got '0'"),
+        (("bench", "--size", "huge"), "size must be one of"),
+    ],
+)
+def test_bad_arguments_are_errors_not_tracebacks(args, message):
+    out = _cli(*args)
+    assert out.returncode == 2, out
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_check_that_runs_no_cell_fails():
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    out = _cli("check", "--backend", "numpy", "--device", "no-such-device", "--sweep", "1")
+    assert out.returncode == 1
+    assert "no cell ran" in out.stderr
+
+
+def test_check_reports_versions():
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    import json
+
+    out = _cli("check", "--backend", "numpy", "--dtype", "float64", "--sweep", "1", "--json")
+    report = json.loads(out.stdout)
+    assert report["versions"]["ls_xp"] == ls_xp.__version__ and "python" in report["versions"]
+    assert report["passed"] > 0 and out.returncode == 0
