@@ -1,9 +1,11 @@
 """The public loss functions, and the dispatch to the autodiff adapters.
 
 The math lives in :mod:`ls_xp._core`. This layer only decides *how* to call it: PyTorch
-tensors that need autograd go through ``ls_xp.torch`` (an ``autograd.Function`` whose
-backward is the analytic gradient), JAX arrays through ``ls_xp.jax`` (a ``custom_jvp``
-rule); every other array calls the core directly. No framework is imported here.
+tensors go through ``ls_xp.torch`` (an ``autograd.Function`` whose backward is the
+analytic gradient where anything needs a gradient, a custom operator inside compilers, the
+PyTorch block size), JAX arrays through ``ls_xp.jax`` (a ``custom_jvp`` rule); every other
+array calls the core directly. No framework is imported here: arrays are recognised by
+``isinstance`` against libraries that are already imported.
 """
 
 from __future__ import annotations

@@ -105,9 +105,11 @@ def loss(
 
     ``smoothing`` is a primal input of the rule, so ``jax.grad`` and ``jvp`` with respect
     to it are the analytic derivative, and a traced ``smoothing`` works under ``jit``.
-    Python numbers are checked here, before tracing.
+    Python numbers are checked here, before tracing; a concrete JAX array only on the CPU
+    plan (reading it back from an accelerator would be a host synchronisation).
     """
-    if not isinstance(smoothing, jax.Array) or _checks.is_concrete(smoothing):
+    on_cpu = _checks.plan(logits) == "cpu"
+    if not isinstance(smoothing, jax.Array) or (on_cpu and _checks.is_concrete(smoothing)):
         smoothing = _checks.check_smoothing(None, smoothing)
     xp, dev = array_namespace(logits), device(logits)
     target = _checks.same_namespace(xp, dev, target, "target")
