@@ -95,7 +95,7 @@ _SHARED_DOC = """
         ``"uniform"`` (PyTorch, timm, optax, Keras, Szegedy et al. 2016):
         ``q = (1 - eps) onehot(y) + eps / K``; probabilities ``t`` become
         ``(1 - eps) t + eps / K``.
-        ``"others"`` (fairseq, seeds 000/001/004): ``1 - eps`` on the true class and
+        ``"others"`` (fairseq, the source notebook's formula): ``1 - eps`` on the true class and
         ``eps / (K - 1)`` on each other class; probabilities become
         ``(1 - eps) t + eps (1 - t) / (K - 1)``, which reduces to that for one-hot ``t``.
         eps_uniform = eps_others * K / (K - 1) maps one onto the other.
@@ -323,7 +323,7 @@ def kl_divergence(
     with 0 log 0 = 0. It differs from :func:`cross_entropy` by the entropy of q, which
     does not depend on the logits: both have the same gradient (use
     :func:`cross_entropy_grad`), and the KL form is 0 at a perfect prediction. This is the
-    loss of the Annotated Transformer (``nn.KLDivLoss`` on smoothed targets, seed 004);
+    loss of the Annotated Transformer (``nn.KLDivLoss`` on smoothed targets);
     with ``reduction="sum"`` it matches ``KLDivLoss(reduction="sum")``, and
     ``"mean"`` divides like :func:`cross_entropy` (PyTorch's ``"batchmean"`` for 2-D
     inputs without ignored positions), not by the number of elements.

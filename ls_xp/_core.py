@@ -899,7 +899,7 @@ def smooth_labels(
     - ``convention="uniform"``: ``q = (1 - eps) onehot + eps / K`` (PyTorch, timm,
       optax ``smooth_labels``, Keras);
     - ``convention="others"``: ``1 - eps`` on the true class, ``eps / (K - 1)`` on the
-      others (fairseq; seeds 000, 001, 004); probabilities t give
+      others (fairseq; the source notebook's formula); probabilities t give
       ``(1 - eps) t + eps (1 - t) / (K - 1)``.
 
     ``dtype`` defaults to the namespace's default floating dtype for integer labels and

@@ -127,10 +127,13 @@ _NOTEBOOK_LOGITS = [
     [9.0, 10.0, 11.0],
 ]
 _NOTEBOOK_TARGET = [0, 2, 1, 2]
-_NOTEBOOK = "seed 000, notebook cells In [8]-[9]: torch.arange(12.).reshape(4, 3), y = [0, 2, 1, 2]"
-_SEED001_LOGITS = [[2.0, 1.0, 0.1], [1.5, 2.5, 0.3]]
-_SEED000_PROBS = [[0.3, 0.6, 0.001, 0.001, 0.05, 0.03]]
-_SEED004_PROBS = [
+_LSCE_BLOG = "the blog post '损失函数-Label Smoothing Cross Entropy'"
+_TIMM_POST = "the GiantPandaCV post '浅谈LabelSmooth两种实现及推导' (timm's mixup)"
+_KL_POST = "the CSDN post 'label smoothing pytorch版本' (Annotated-Transformer-style KL)"
+_NOTEBOOK = "the source notebook, cells In [8]-[9]: torch.arange(12.).reshape(4, 3), y = [0, 2, 1, 2]"
+_LSCE_BLOG_LOGITS = [[2.0, 1.0, 0.1], [1.5, 2.5, 0.3]]
+_NOTEBOOK_PROBS = [[0.3, 0.6, 0.001, 0.001, 0.05, 0.03]]
+_KL_EXAMPLE_PROBS = [
     [0.0, 0.2, 0.7, 0.1, 0.0],
     [0.0, 0.9, 0.2, 0.1, 0.0],
     [1.0, 0.2, 0.7, 0.1, 0.0],
@@ -187,43 +190,43 @@ CASES: tuple[ReferenceCase, ...] = (
         function="kl_divergence",
         inputs={"logits": _NOTEBOOK_LOGITS, "target": _NOTEBOOK_TARGET},
         params={"smoothing": 0.1, "reduction": "sum"},
-        source=_NOTEBOOK + "; loss of seed 004 (KL(q||p), summed) on the notebook's inputs",
+        source=_NOTEBOOK + f"; loss of {_KL_POST} (KL(q||p), summed) on the notebook's inputs",
         description="KL form: the sum above less the entropy of the smoothed targets",
         printed=None,
         exact="3.5658645024496610323",
     ),
     ReferenceCase(
-        name="seed000_smoothed_label",
+        name="notebook_smoothed_label",
         function="smooth_labels",
         inputs={"labels": [1], "num_classes": 6},
         params={"smoothing": 0.25, "convention": "others"},
-        source="seed 000, second table: 'Smoothed label(y)' for the class 鸟 (index 1) of 6",
+        source="the source notebook, second table: 'Smoothed label(y)' for the class 鸟 (index 1) of 6",
         description="eps/(K-1) convention; the table's 0.75 / 0.05 correspond to eps = 0.25",
         printed=[[0.05, 0.75, 0.05, 0.05, 0.05, 0.05]],
         exact=[["0.05", "0.75", "0.05", "0.05", "0.05", "0.05"]],
     ),
     ReferenceCase(
-        name="seed000_table_ce",
+        name="notebook_table_ce",
         function="cross_entropy",
-        inputs={"probs": _SEED000_PROBS, "target": [1]},
+        inputs={"probs": _NOTEBOOK_PROBS, "target": [1]},
         params={"smoothing": 0.25, "convention": "others", "reduction": "sum"},
-        source="seed 000, tables: predicted probabilities p and the smoothed label of class 1",
+        source="the source notebook, tables: predicted probabilities p and the smoothed label of class 1",
         description="-sum_c q_c log p_c for the table's p (log-probability input)",
         printed=None,
         exact="1.4592078944827021507",
         note="the table's probabilities sum to 0.982, not 1; they are used as given",
     ),
     ReferenceCase(
-        name="seed001_weighted_others",
+        name="lsce_blog_weighted_others",
         function="cross_entropy",
-        inputs={"logits": _SEED001_LOGITS, "target": [0, 1]},
+        inputs={"logits": _LSCE_BLOG_LOGITS, "target": [0, 1]},
         params={
             "smoothing": 0.1,
             "convention": "others",
             "weight": [1.0, 2.0, 1.0],
             "reduction": "none",
         },
-        source="seed 001, LabelSmoothingCrossEntropy(label_smoothing=0.1, class_weights=[1, 2, 1])",
+        source=f"{_LSCE_BLOG}, LabelSmoothingCrossEntropy(label_smoothing=0.1, class_weights=[1, 2, 1])",
         description="eps/(K-1) convention with class weights, per-row losses",
         printed=None,
         exact=["0.63288151709172515674", "0.90318795624811141278"],
@@ -231,21 +234,21 @@ CASES: tuple[ReferenceCase, ...] = (
         "weighted mean; ls_xp's reduction='mean' divides by sum w[y] = 3",
     ),
     ReferenceCase(
-        name="seed001_torch_native",
+        name="lsce_blog_torch_native",
         function="cross_entropy",
-        inputs={"logits": _SEED001_LOGITS, "target": [0, 1]},
+        inputs={"logits": _LSCE_BLOG_LOGITS, "target": [0, 1]},
         params={"smoothing": 0.1, "reduction": "mean"},
-        source="seed 001, CrossEntropyLoss(weight=None, label_smoothing=0.1) on the same logits",
+        source=f"{_LSCE_BLOG}, CrossEntropyLoss(weight=None, label_smoothing=0.1) on the same logits",
         description="PyTorch's native label smoothing (eps/K), mean",
         printed=None,
         exact="0.50575745276561272712",
     ),
     ReferenceCase(
-        name="seed002_mixup_targets",
+        name="timm_mixup_targets",
         function="mixup_targets",
         inputs={"labels": [0, 2, 1], "num_classes": 3},
         params={"lam": 0.7, "smoothing": 0.1},
-        source="seeds 002/003, timm mixup_target(target, num_classes, lam, smoothing)",
+        source=f"{_TIMM_POST}, timm mixup_target(target, num_classes, lam, smoothing)",
         description="lam * smoothed(y) + (1 - lam) * smoothed(flip(y))",
         printed=None,
         exact=[
@@ -267,7 +270,7 @@ CASES: tuple[ReferenceCase, ...] = (
         ],
     ),
     ReferenceCase(
-        name="seed002_soft_ce",
+        name="timm_soft_ce",
         function="cross_entropy",
         inputs={
             "logits": _NOTEBOOK_LOGITS[:3],
@@ -278,18 +281,18 @@ CASES: tuple[ReferenceCase, ...] = (
             ],
         },
         params={"smoothing": 0.0, "reduction": "mean"},
-        source="seeds 002/003, timm SoftTargetCrossEntropy on the mixup targets above",
+        source=f"{_TIMM_POST}, timm SoftTargetCrossEntropy on the mixup targets above",
         description="probability targets (smoothing already applied inside them), mean",
         printed=None,
         exact="1.4076059644443803152",
         note="the targets are the float64 roundings of the mixup targets above",
     ),
     ReferenceCase(
-        name="seed004_smoothed_targets",
+        name="kl_example_smoothed_targets",
         function="smooth_labels",
         inputs={"labels": [2, 0, 3], "num_classes": 5},
         params={"smoothing": 0.1, "convention": "others"},
-        source="seed 004, docstring of LabelSmoothing: the printed true distribution",
+        source=f"{_KL_POST}, docstring of LabelSmoothing: the printed true distribution",
         description="eps/(K-1) convention, eps = 0.1, K = 5: 0.9 and 0.025",
         printed=[
             [0.025, 0.025, 0.9, 0.025, 0.025],
@@ -305,11 +308,11 @@ CASES: tuple[ReferenceCase, ...] = (
         "[2, 0, 1] and the code runs [2, 1, 0]",
     ),
     ReferenceCase(
-        name="seed004_kl_sum",
+        name="kl_example_sum",
         function="kl_divergence",
-        inputs={"probs": _SEED004_PROBS, "target": [2, 1, 0]},
+        inputs={"probs": _KL_EXAMPLE_PROBS, "target": [2, 1, 0]},
         params={"smoothing": 0.1, "convention": "others", "reduction": "sum"},
-        source="seed 004, __main__: KLDivLoss(size_average=False)(predict.log(), [2, 1, 0])",
+        source=f"{_KL_POST}, __main__: KLDivLoss(size_average=False)(predict.log(), [2, 1, 0])",
         description="KL(q||p) with zero predicted probabilities where q > 0",
         printed=None,
         exact="inf",
