@@ -71,8 +71,10 @@ _SHARED_DOC = """
         Either integer class indices with the shape of ``logits`` without the class axis,
         or class probabilities (soft / mixup / distillation targets) with the shape of
         ``logits``. As in PyTorch, the shape decides which.
-    smoothing : float
-        The label-smoothing factor eps in [0, 1].
+    smoothing : float or 0-d array
+        The label-smoothing factor eps in [0, 1]: a Python or NumPy number, or a 0-d
+        array of the logits' library, also traced (``jax.jit``) or requiring grad
+        (PyTorch); the loss is then differentiable with respect to it.
     reduction : {"mean", "sum", "none"}
         PyTorch's rules. ``"none"``: one loss per position (0 at ignored positions).
         ``"sum"``: their sum. ``"mean"``: for class indices, the sum divided by
@@ -124,7 +126,9 @@ _SHARED_DOC = """
         device queue and breaks CUDA-graph capture; there the affected positions give NaN,
         as under ``jax.jit``. ``True`` reads them anyway (one synchronisation per check),
         ``False`` never does. Values that cannot be read (traced, Dask) always give NaN.
+"""
 
+_NOTES_DOC = """
     Notes
     -----
     Non-finite logits: NaN anywhere in a row's allowed logits, or a ``+inf`` logit, makes
@@ -139,8 +143,39 @@ _SHARED_DOC = """
 """
 
 
+_RAISES_DOC = """
+    Raises
+    ------
+    TypeError
+        A parameter of the wrong kind (non-floating logits, a float ``ignore_index``, a
+        string flag, an array of another library than the logits'), naming it.
+    ValueError
+        A bad value (class index out of range, smoothing outside [0, 1], a negative
+        weight, a shape that matches neither target form, an array on another device),
+        naming it and the value. Not raised where values are not read (see
+        ``check_values``): the affected positions are NaN instead.
+"""
+
+_REFERENCES_DOC = """
+    References
+    ----------
+    C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens, Z. Wojna, "Rethinking the Inception
+    Architecture for Computer Vision", CVPR 2016, section 7 (label smoothing).
+    P. Blanchard, D. J. Higham, N. J. Higham, "Accurately computing the log-sum-exp and
+    softmax functions", IMA J. Numer. Anal. 41(4), 2021 (the log1p form used here).
+"""
+
+
 def _public_doc(doc: str) -> str:
-    return doc.replace("    {shared}\n", _SHARED_DOC)
+    """Fill the shared sections into a public docstring (NumPy style)."""
+    for key, text in (
+        ("{shared}", _SHARED_DOC),
+        ("{raises}", _RAISES_DOC),
+        ("{notes}", _NOTES_DOC),
+        ("{references}", _REFERENCES_DOC),
+    ):
+        doc = doc.replace(f"    {key}\n", text)
+    return doc
 
 
 def loss_and_grad(
@@ -161,14 +196,14 @@ def loss_and_grad(
 ) -> tuple[ArrayT, ArrayT]:
     """Label-smoothed cross-entropy and its gradient with respect to ``logits``, in one pass.
 
-    Returns ``(loss, grad)`` with ``grad = d loss / d logits`` of the shape of
-    ``logits``. For ``reduction="none"`` the gradient is that of the sum of the
-    per-position losses. The gradient is the analytic one,
+    The gradient is the analytic one,
 
         d loss_n / d x_c = (sum_k w_k q_k) softmax(x)_c - w_c q_c,
 
-    divided by the ``"mean"`` denominator where that applies.
+    divided by the ``"mean"`` denominator where that applies. For ``reduction="none"`` it
+    is the gradient of the sum of the per-position losses.
 
+    {shared}
     overwrite_logits : bool
         Allow the gradient to be written into the ``logits`` buffer itself (Liger-Kernel
         style), block by block, saving the memory of a separate gradient. Done only where
@@ -177,7 +212,24 @@ def loss_and_grad(
         usual, so test ``grad is logits`` if it matters. Afterwards ``logits`` holds the
         gradient: never use it where the logits are still needed (e.g. a tensor that
         autograd saved for another backward pass).
-    {shared}
+
+    Returns
+    -------
+    loss : array
+        As :func:`cross_entropy` returns it.
+    grad : array
+        ``d loss / d logits``, the shape and dtype of ``logits``.
+    {raises}
+    {notes}
+    {references}
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> loss, grad = ls_xp.loss_and_grad(np.arange(12.0).reshape(4, 3), np.array([0, 2, 1, 2]), 0.1)
+    >>> round(float(loss), 4), grad.shape
+    (1.1826, (4, 3))
+    >>> bool(np.allclose(grad.sum(axis=-1), 0.0))  # softmax minus a distribution, per row
+    True
     """
     loss, grad = _values(
         logits,
@@ -223,14 +275,30 @@ def cross_entropy(
     reduced over positions by ``reduction``. With ``smoothing=0`` this is the plain
     cross-entropy, equal to ``torch.nn.functional.cross_entropy``; with the uniform
     convention it equals ``cross_entropy(..., label_smoothing=smoothing)`` including
-    ``weight``, ``ignore_index`` and ``reduction`` (Szegedy et al., "Rethinking the
-    Inception Architecture for Computer Vision", CVPR 2016, section 7).
-
-    The log-sum-exp is evaluated as max + log1p(sum of the other exponentials), so
-    float64 results are within a few ulp of the exact value also for tiny losses.
-    Integer targets are never expanded into a dense one-hot array.
+    ``weight``, ``ignore_index`` and ``reduction``. Integer targets are never expanded
+    into a dense one-hot array. PyTorch tensors and JAX arrays are differentiable with
+    respect to ``logits``, probability ``target`` and ``smoothing``.
 
     {shared}
+
+    Returns
+    -------
+    loss : array
+        A 0-d array for ``"mean"`` and ``"sum"`` (a NumPy scalar on NumPy), one loss per
+        position for ``"none"``; the library, device and dtype of ``logits``.
+    {raises}
+    {notes}
+    {references}
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> x, y = np.arange(12.0).reshape(4, 3), np.array([0, 2, 1, 2])
+    >>> float(ls_xp.cross_entropy(x, y, 0.1))  # the notebook's value
+    1.1826059644443803
+    >>> ls_xp.cross_entropy(x, y, 0.1, reduction="none").round(4)
+    array([2.3076, 0.5076, 1.4076, 0.5076])
+    >>> float(ls_xp.cross_entropy(x, y, 0.1, convention="others")) > float(ls_xp.cross_entropy(x, y, 0.1))
+    True
     """
     return _loss(
         logits,
@@ -272,15 +340,24 @@ def cross_entropy_grad(
     ``reduction="none"`` it is the gradient of the sum of the per-position losses.
     It is also the gradient of :func:`kl_divergence`, which differs by a constant.
 
+    {shared}
     overwrite_logits : bool
         Allow the gradient to be written into the ``logits`` buffer itself (Liger-Kernel
-        style), block by block, saving the memory of a separate gradient. Done only where
-        it is possible: a concrete, writeable 2-D array with the classes last and a
-        float32/float64 dtype (NumPy, PyTorch, CuPy); otherwise a new array is returned as
-        usual, so test ``grad is logits`` if it matters. Afterwards ``logits`` holds the
-        gradient: never use it where the logits are still needed (e.g. a tensor that
-        autograd saved for another backward pass).
-    {shared}
+        style); see :func:`loss_and_grad`.
+
+    Returns
+    -------
+    grad : array
+        ``d loss / d logits``, the shape and dtype of ``logits``.
+    {raises}
+    {notes}
+    {references}
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> g = ls_xp.cross_entropy_grad(np.array([[0.0, 0.0]]), np.array([0]), 0.0)
+    >>> g.tolist()  # softmax minus one-hot
+    [[-0.5, 0.5]]
     """
     _, grad = _values(
         logits,
@@ -323,12 +400,26 @@ def kl_divergence(
     with 0 log 0 = 0. It differs from :func:`cross_entropy` by the entropy of q, which
     does not depend on the logits: both have the same gradient (use
     :func:`cross_entropy_grad`), and the KL form is 0 at a perfect prediction. This is the
-    loss of the Annotated Transformer (``nn.KLDivLoss`` on smoothed targets);
-    with ``reduction="sum"`` it matches ``KLDivLoss(reduction="sum")``, and
-    ``"mean"`` divides like :func:`cross_entropy` (PyTorch's ``"batchmean"`` for 2-D
-    inputs without ignored positions), not by the number of elements.
+    loss of the Annotated Transformer (``nn.KLDivLoss`` on smoothed targets); with
+    ``reduction="sum"`` it matches ``KLDivLoss(reduction="sum")``, and ``"mean"`` divides
+    like :func:`cross_entropy` (PyTorch's ``"batchmean"`` for 2-D inputs without ignored
+    positions), not by the number of elements.
 
     {shared}
+
+    Returns
+    -------
+    loss : array
+        As :func:`cross_entropy` returns it.
+    {raises}
+    {notes}
+    {references}
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> q = ls_xp.smooth_labels(np.array([1]), 3, 0.3)  # the perfect prediction
+    >>> abs(float(ls_xp.kl_divergence(np.log(q), np.array([1]), 0.3, log_probs=True))) < 1e-15
+    True
     """
     return _loss(
         logits,

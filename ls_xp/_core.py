@@ -906,6 +906,14 @@ def smooth_labels(
     to the labels' dtype for probabilities. This is the only function that
     materialises targets; the losses never need them. Class indices outside
     ``[0, num_classes)`` raise ``ValueError`` (NaN rows where values cannot be read).
+
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> ls_xp.smooth_labels(np.array([1]), 4, 0.2).tolist()
+    [[0.05, 0.8500000000000001, 0.05, 0.05]]
+    >>> ls_xp.smooth_labels(np.array([1]), 4, 0.3, convention="others").round(3).tolist()
+    [[0.1, 0.7, 0.1, 0.1]]
     """
     xp = array_namespace(labels)
     dev = get_device(labels)
@@ -955,6 +963,12 @@ def mixup_targets(
     ``q`` is :func:`smooth_labels` and ``flip`` reverses the batch (axis 0): position n
     is mixed with position N-1-n (timm's ``mixup_target``). The result is a class
     probability target of shape (N, ..., K) for :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import numpy as np, ls_xp
+    >>> ls_xp.mixup_targets(np.array([0, 2]), 3, lam=0.75).tolist()
+    [[0.75, 0.0, 0.25], [0.25, 0.0, 0.75]]
     """
     xp = array_namespace(labels)
     lam_value = _checks.as_real(lam, "lam")

@@ -31,4 +31,4 @@ def test_docstring_examples(module):
     if module == "ls_xp.torch" and importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed")
     result = doctest.testmod(importlib.import_module(module), optionflags=FLAGS, verbose=False)
-    assert result.failed == 0, result
+    assert result.attempted > 0 and result.failed == 0, result
