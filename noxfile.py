@@ -86,3 +86,11 @@ def cuda(session: nox.Session) -> None:
     session.install("torch", "jax[cuda12]", "-r", "backends/cupy.txt", "-e", ".[test]")
     session.run("ls-xp", "check")
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx: the README as user guide through MyST, the API
+    reference from the docstrings), warnings as errors, into docs/_build/html."""
+    session.install("-r", "backends/numpy.txt", "-r", "backends/torch.txt", "-e", ".[docs]")
+    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
