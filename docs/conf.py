@@ -18,5 +18,5 @@ napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 autodoc_typehints = "none"  # the signatures carry them; the docstrings say the rest
 myst_heading_anchors = 3
-suppress_warnings = ["myst.header"]
+suppress_warnings = ["myst.header", "image.nonlocal_uri"]  # the README's plot has an absolute URL
 html_theme = "alabaster"

@@ -90,7 +90,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 2
     from ls_xp import _conformance
 
-    dtypes: list[str] = args.dtype or list(_conformance.DTYPES)
+    dtypes: list[str] = args.dtype or (["float32"] if args.quick else list(_conformance.DTYPES))
+    if args.quick:
+        args.sweep = min(args.sweep, 2)
     show = not args.json and sys.stderr.isatty()
 
     def progress(msg: str) -> None:
@@ -172,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the conformance matrix: every backend, device and dtype against the reference values",
         description="Run the reference cases, a seeded random sweep and parity with each backend's own "
         "loss on every installed backend, device and dtype. Exit status 1 on any failure, or when no "
-        "cell ran. About 5 minutes on a 2-core CPU; --sweep 2 --dtype float32 is a quick check.",
+        "cell ran. About 5 minutes on a 2-core CPU; --quick takes seconds.",
+        epilog="examples:\n  ls-xp check --quick\n  ls-xp check --backend torch --device cuda --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_chk.add_argument("--backend", action="append", choices=BACKENDS, help="only this backend (repeatable)")
     p_chk.add_argument(
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_chk.add_argument(
         "--sweep", type=_positive_int, default=12, help="random problems per cell (default 12)"
     )
+    p_chk.add_argument(
+        "--quick", action="store_true", help="a first look: float32 only, 2 random problems per cell"
+    )
     p_chk.add_argument("--json", action="store_true", help="machine-readable output")
     p_chk.set_defaults(func=_cmd_check)
     p_b = sub.add_parser(
@@ -191,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="time and peak memory of loss + gradient against the peers",
         description="Time, peak memory (host and device) and, for PyTorch, operations and host syncs of "
         "loss + gradient, ls_xp against each backend's peers, each measurement in a fresh process.",
+        epilog="examples:\n  ls-xp bench --backend numpy --size medium\n"
+        "  ls-xp bench --backend torch --size busy --pairs 3 --busy\n"
+        "  ls-xp bench --backend torch --device cuda --dtype bfloat16 --size xlarge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_b.add_argument("--backend", action="append", choices=["numpy", "torch", "jax"], help="repeatable")
     p_b.add_argument(

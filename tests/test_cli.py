@@ -51,3 +51,13 @@ def test_check_reports_versions():
     report = json.loads(out.stdout)
     assert report["versions"]["ls_xp"] == ls_xp.__version__ and "python" in report["versions"]
     assert report["passed"] > 0 and out.returncode == 0
+
+
+def test_quick_check():
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    import json
+
+    out = _cli("check", "--backend", "numpy", "--quick", "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["passed"] > 0
+    assert {c["dtype"] for c in report["cells"]} == {"float32"}
