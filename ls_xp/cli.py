@@ -101,12 +101,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     report = _conformance.run(args.backend, args.device, dtypes, args.sweep, progress)
     report["versions"] = versions()
+    report["devices"] = sorted({c["target"] for c in report["cells"] if c["status"] != "skipped"})
     if show:
         print("\r" + " " * 64 + "\r", end="", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(" ".join(f"{k} {v}" for k, v in report["versions"].items()))
+        print("devices checked: " + (", ".join(report["devices"]) or "none"))
         print(_conformance.format_matrix(report, dtypes))
     if report["passed"] == 0 and report["failed"] == 0:
         wanted = ", ".join(args.device or []) or "any"

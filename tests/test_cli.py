@@ -50,6 +50,7 @@ def test_check_reports_versions():
     out = _cli("check", "--backend", "numpy", "--dtype", "float64", "--sweep", "1", "--json")
     report = json.loads(out.stdout)
     assert report["versions"]["ls_xp"] == ls_xp.__version__ and "python" in report["versions"]
+    assert report["devices"] == ["numpy/cpu"]
     assert report["passed"] > 0 and out.returncode == 0
 
 
