@@ -162,12 +162,20 @@ def same_namespace(xp: ModuleType, device: Any, value: Any, name: str, like: str
                 f"move {name} to {device!r} first"
             )
         return value
-    if is_dask_array(value):  # pragma: no cover - is_array_api_obj covers Dask
-        return value
     try:
         return xp.asarray(value, device=device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name} could not be converted to an array like {like}: {value!r}") from exc
+
+
+def inputs_like(xp: ModuleType, device: Any, target: Any, weight: Any, where: Any) -> tuple[Any, Any, Any]:
+    """``target``, ``weight`` and ``where`` as arrays of the logits' library and device
+    (:func:`same_namespace` on each)."""
+    return (
+        same_namespace(xp, device, target, "target"),
+        same_namespace(xp, device, weight, "weight"),
+        same_namespace(xp, device, where, "where"),
+    )
 
 
 def _library_of(xp: ModuleType) -> str:

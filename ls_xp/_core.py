@@ -340,7 +340,6 @@ class _Spec:
     want_eps_grad: bool
     guard_rows: bool
     inplace: bool
-    plan: str  # "cpu" or "accelerator" (see _checks.plan)
     read: bool  # values may be read back (checks that raise); never on the accelerator plan
 
 
@@ -359,6 +358,7 @@ class _Rows:
     w_sum: Array | None
     factor: float | Array  # the reduction's factor of each row (NaN at bad rows)
     total_weight: float | Array  # the "mean" denominator
+    classes: Array  # arange(K)
 
 
 def _evaluate(
@@ -399,7 +399,7 @@ def _evaluate(
         convention=_checks.check_choice("convention", convention, _checks.CONVENTIONS),
         log_probs=_checks.as_bool(log_probs, "log_probs"), kl=kl, dtype=dt, want_grad=want_grad,
         want_target_grad=want_target_grad, want_eps_grad=want_smoothing_grad, guard_rows=False,
-        inplace=inplace, plan=plan, read=read,
+        inplace=inplace, read=read,
     )  # fmt: skip
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     ignore = _checks.as_int(ignore_index, "ignore_index")
@@ -410,9 +410,7 @@ def _evaluate(
     overwrite = _checks.as_bool(overwrite_logits, "overwrite_logits")
     num_classes = shape[ax]
     _checks.check_num_classes(num_classes, spec.convention, "number of classes (logits.shape[axis])")
-    target = _checks.same_namespace(xp, dev, target, "target")
-    weight = _checks.same_namespace(xp, dev, weight, "weight")
-    where = _checks.same_namespace(xp, dev, where, "where")
+    target, weight, where = _checks.inputs_like(xp, dev, target, weight, where)
 
     rows = _rows(xp, spec, logits, target, weight, where, ax, ignore, reduction)
     soft = rows.valid is None
@@ -493,7 +491,7 @@ def _rows(
         t = xp.reshape(_move_axis(xp, target, ax, -1), (-1, num_classes))
         total = float(n_rows)
         factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
-        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total)
+        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, classes)
 
     y = _astype(xp, xp.reshape(target, (-1,)), classes.dtype)
     valid = y != ignore_index
@@ -514,7 +512,7 @@ def _rows(
     total_weight = xp.sum(xp.astype(valid, dt) if w_y is None else xp.where(valid, w_y, 0.0))
     unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
     factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
-    return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight)
+    return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight, classes)
 
 
 def _blocks(
@@ -533,7 +531,6 @@ def _blocks(
             empty if sp.want_target_grad else None,
         )
     dense = not (_scatters_in_place(xp) and _checks.is_concrete(rw.x))
-    classes = xp.arange(num_classes, device=dev)
     offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
 
     def _fill(buf: Any, sl: slice, block: Any) -> Any:
@@ -552,11 +549,11 @@ def _blocks(
     for lo in range(0, n_rows, step):
         sl = slice(lo, min(n_rows, lo + step))
         b = _block(
-            xp, sp, _astype(xp, rw.x[sl, ...] if step < n_rows else rw.x, dt),
+            xp, sp, _astype(xp, _sl(rw.x, sl), dt),
             y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
             valid=_sl(rw.valid, sl), bad=_sl(rw.bad, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
-            pk=_Picks(offsets[: sl.stop - lo], classes, dense),
+            pk=_Picks(offsets[: sl.stop - lo], rw.classes, dense),
         )  # fmt: skip
         if step < n_rows or grad_buf is not None:  # several blocks: fill the whole arrays
             grad_buf = _fill(grad_buf, sl, b.grad)
@@ -580,7 +577,7 @@ def _blocks(
 
 # elements per block: temporaries of a block stay cache-sized (2 MiB each in float32).
 # Measured at 4096 x 32000 float32 here: NumPy is flat from 2^18 to 2^19 and slower at
-# 2^20; PyTorch, which pays a thread hand-off per operation, is 20% faster at 2^19.
+# 2^20. (PyTorch's CPU blocks are larger, chosen by its adapter: ls_xp.torch.)
 _BLOCK_ELEMENTS = 1 << 19
 # the accelerator plan: one block up to 2^28 elements (1 GiB of float32 temporaries), then
 # equal blocks below that budget (8192 x 131072 float32: 4 blocks)

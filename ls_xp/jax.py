@@ -112,7 +112,5 @@ def loss(
     if not isinstance(smoothing, jax.Array) or (on_cpu and _checks.is_concrete(smoothing)):
         smoothing = _checks.check_smoothing(None, smoothing)
     xp, dev = array_namespace(logits), device(logits)
-    target = _checks.same_namespace(xp, dev, target, "target")
-    weight = _checks.same_namespace(xp, dev, weight, "weight")
-    where = _checks.same_namespace(xp, dev, where, "where")
+    target, weight, where = _checks.inputs_like(xp, dev, target, weight, where)
     return _loss(logits, target, weight, where, smoothing, _options(kl, options))

@@ -292,14 +292,9 @@ def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> 
 
 def _ce_op_backward(ctx: Any, grad_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
     grad, tgrad, dsmooth = ctx.saved_tensors
-    scale = grad_out.unsqueeze(ctx.axis % grad.ndim) if ctx.reduction == "none" and ctx.needs[0] else grad_out
-    if ctx.reduction == "none" and ctx.needs[1]:
-        tscale = grad_out.unsqueeze(ctx.axis % tgrad.ndim)
-    else:
-        tscale = grad_out
     return (
-        grad * scale if ctx.needs[0] else None,
-        tgrad * tscale if ctx.needs[1] else None,
+        grad * _broadcastable(grad_out, grad.ndim, ctx.axis, ctx.reduction) if ctx.needs[0] else None,
+        tgrad * _broadcastable(grad_out, tgrad.ndim, ctx.axis, ctx.reduction) if ctx.needs[1] else None,
         None,
         None,
         torch.sum(grad_out * dsmooth) if ctx.needs[2] else None,
@@ -343,7 +338,9 @@ def loss(
     **options: Any,
 ) -> torch.Tensor:
     """The differentiable loss (called by ``ls_xp.cross_entropy`` / ``kl_divergence``)."""
-    target, weight, where = (_as_tensor(logits, a, name) for a, name in _named(target, weight, where))
+    target = _as_tensor(logits, target, "target")
+    weight = _as_tensor(logits, weight, "weight")
+    where = _as_tensor(logits, where, "where")
     soft = target.shape == logits.shape and target.dtype.is_floating_point
     needs = (
         _requires_grad(logits),
@@ -360,10 +357,6 @@ def loss(
 
 
 _OP_OPTIONS = {"reduction", "ignore_index", "axis", "convention", "log_probs", "chunk_size", "check_values"}
-
-
-def _named(target: Any, weight: Any, where: Any) -> tuple[tuple[Any, str], ...]:
-    return ((target, "target"), (weight, "weight"), (where, "where"))
 
 
 def _as_tensor(logits: torch.Tensor, a: Any, name: str) -> Any:
