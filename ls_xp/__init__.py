@@ -5,7 +5,14 @@ NumPy, PyTorch, JAX, CuPy, Dask and array-api-strict arrays: smoothed targets, t
 the KL form and the analytic gradient.
 """
 
-from ls_xp._api import cross_entropy, cross_entropy_grad, kl_divergence, loss_and_grad
+from ls_xp._api import (
+    cross_entropy,
+    cross_entropy_grad,
+    kl_divergence,
+    linear_cross_entropy,
+    linear_loss_and_grad,
+    loss_and_grad,
+)
 from ls_xp._core import mixup_targets, smooth_labels
 
 __version__ = "0.1.0"
@@ -15,6 +22,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "kl_divergence",
+    "linear_cross_entropy",
+    "linear_loss_and_grad",
     "loss_and_grad",
     "mixup_targets",
     "smooth_labels",

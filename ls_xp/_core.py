@@ -382,8 +382,12 @@ def _evaluate(
     inplace: bool = True,
     overwrite_logits: Any = False,
     check_values: Any = None,
+    loss_in_compute_dtype: bool = False,
 ) -> Result:
-    """Loss and derivatives in one blocked pass (the core of every public function)."""
+    """Loss and derivatives in one blocked pass (the core of every public function).
+
+    ``loss_in_compute_dtype`` keeps the loss (and its eps-derivative) in float32 for
+    half-precision logits, for a caller that sums it further (:mod:`ls_xp._linear`)."""
     xp = array_namespace(logits)
     plan = _checks.plan(logits)
     read = plan == "cpu" if check_values is None else _checks.as_bool(check_values, "check_values")
@@ -435,7 +439,7 @@ def _evaluate(
             out = xp.sum(r)
         else:
             out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
-        return _astype(xp, out, logits.dtype)
+        return _astype(xp, out, dt if loss_in_compute_dtype else logits.dtype)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None or g is logits:

@@ -34,16 +34,16 @@ from typing import Any
 import torch
 from array_api_compat import array_namespace
 
-from ls_xp import _checks, _core
+from ls_xp import _checks, _core, _linear
 
 # (also ``cross_entropy`` and ``kl_divergence``, through the module's ``__getattr__``)
-__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy"]
+__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy", "LinearCrossEntropyLoss"]
 
 
 def __getattr__(name: str) -> Any:
-    """``ls_xp.torch.cross_entropy`` / ``kl_divergence``: the public functions, re-exported
-    lazily so that this adapter imports the core only."""
-    if name in ("cross_entropy", "kl_divergence"):
+    """``ls_xp.torch.cross_entropy``, ``kl_divergence``, ``linear_cross_entropy``: the public
+    functions, re-exported lazily so that this adapter imports the core only."""
+    if name in ("cross_entropy", "kl_divergence", "linear_cross_entropy"):
         from ls_xp import _api
 
         return getattr(_api, name)
@@ -570,3 +570,397 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
             f"smoothing={self.smoothing}, reduction={self.reduction!r}, convention={self.convention!r}, "
             f"ignore_index={self.ignore_index}, axis={self.axis}"
         )
+
+
+# ------------------------------------------------------------------ fused linear + loss
+# ls_xp.linear_cross_entropy: the loss from hidden states and the classifier, in row
+# blocks (ls_xp._linear). For "mean" and "sum" the forward pass also accumulates the three
+# gradients (as Liger-Kernel does), so the backward pass only scales them by the incoming
+# gradient; for "none" the backward pass runs the blocks again with the incoming
+# gradient as row weights, because each row's share of the classifier's gradient must be
+# weighted before it is summed.
+
+
+class _LinearCE(torch.autograd.Function):
+    """loss = f(hidden, classifier, bias, smoothing); backward = the analytic gradients."""
+
+    @staticmethod
+    def forward(
+        hidden: torch.Tensor,
+        classifier: torch.Tensor,
+        bias: torch.Tensor | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        smoothing: Any,
+        opts: dict[str, Any],
+        needs: tuple[bool, bool, bool, bool],
+    ) -> tuple[Any, ...]:
+        now = opts["reduction"] != "none" and any(needs[:3])
+        res = _linear._evaluate_linear(
+            hidden, classifier, target, smoothing, bias=bias, weight=weight, want_grad=now,
+            wants=needs[:3], want_smoothing_grad=needs[3], **opts,
+        )  # fmt: skip
+        return res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        hidden, classifier, bias, target, weight, smoothing, opts, needs = inputs
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+        ctx.opts, ctx.needs = opts, needs
+        # the gradients stay off save_for_backward so that backward can give them away
+        ctx.grads = output[1:4] if output[1:4] != (None, None, None) else None
+        ctx.dsmooth = output[4]
+        tensor_eps = isinstance(smoothing, torch.Tensor)
+        ctx.smoothing = None if tensor_eps else smoothing
+        ctx.save_for_backward(hidden, classifier, bias, target, weight, smoothing if tensor_eps else None)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        grad_out = grad_outputs[0]
+        if grad_out is None:
+            return (None,) * 8
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "ls_xp.linear_cross_entropy has no double backward (create_graph=True); for "
+                "second derivatives use ls_xp.cross_entropy(hidden @ classifier.T + bias, target)"
+            )
+        hidden, classifier, bias, target, weight, smooth_t = ctx.saved_tensors
+        smoothing = smooth_t if ctx.smoothing is None else ctx.smoothing
+        per_row = ctx.opts["reduction"] == "none"
+        grads, owned = ctx.grads, True
+        if grads is None and any(ctx.needs[:3]):  # "none", or a second backward (retain_graph)
+            res = _linear._evaluate_linear(
+                hidden, classifier, target, smoothing, bias=bias, weight=weight, want_loss=False,
+                want_grad=True, wants=ctx.needs[:3], row_scale=grad_out if per_row else None, **ctx.opts,
+            )  # fmt: skip
+            grads = (res.grad_hidden, res.grad_classifier, res.grad_bias)
+        else:
+            ctx.grads = None  # given away below
+        if grads is None:
+            grads = (None, None, None)
+        elif not per_row:
+            look = _checks.plan(hidden) == "cpu"
+            grads = tuple(_scaled(g, grad_out, owned, look) for g in grads)
+        d_smooth = None if ctx.dsmooth is None else torch.sum(grad_out * ctx.dsmooth)
+        return (*grads, None, None, d_smooth, None, None)
+
+
+def _linear_options(hidden: torch.Tensor, options: dict[str, Any]) -> dict[str, Any]:
+    """The core's options for PyTorch: each block's softmax in one piece (PyTorch wants few,
+    large operations; see ``_CPU_BLOCK_ELEMENTS``)."""
+    return {"reduction": "mean", **options, "inner_chunk_size": 1 << 62}
+
+
+def linear_loss(
+    hidden: torch.Tensor,
+    classifier: Any,
+    target: Any,
+    smoothing: Any = 0.1,
+    *,
+    bias: Any = None,
+    weight: Any = None,
+    **options: Any,
+) -> torch.Tensor:
+    """The differentiable fused loss (called by ``ls_xp.linear_cross_entropy``)."""
+    tensors = [_as_tensor(hidden, a, n) for a, n in ((classifier, "classifier"), (bias, "bias"),
+                                                      (target, "target"), (weight, "weight"))]  # fmt: skip
+    classifier, bias, target, weight = tensors
+    grad_mode = torch.is_grad_enabled()
+    if grad_mode and _requires_grad(weight):
+        wants_autograd(hidden, target, weight)  # raises: no gradient for class weights
+    needs = (
+        grad_mode and _requires_grad(hidden),
+        grad_mode and _requires_grad(classifier),
+        grad_mode and _requires_grad(bias),
+        grad_mode and isinstance(smoothing, torch.Tensor) and _requires_grad(smoothing),
+    )
+    if torch.compiler.is_compiling():
+        return _compiled_linear_loss(hidden, classifier, bias, target, weight, smoothing, options, needs)
+    if not any(needs):
+        res = linear_values(hidden, classifier, target, smoothing, bias=bias, weight=weight, **options)
+        assert res.loss is not None
+        return res.loss
+    opts = _linear_options(hidden, options)
+    return _LinearCE.apply(hidden, classifier, bias, target, weight, smoothing, opts, needs)[0]
+
+
+# Inside torch.compile / torch.export: two opaque operators, the forward (loss, and the
+# gradients for "mean" and "sum") and the row-weighted gradient for "none".
+
+
+@torch.library.custom_op("ls_xp::linear_ce", mutates_args=())
+def _linear_op(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    reduction: str,
+    ignore_index: int,
+    convention: str,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    res = _linear._evaluate_linear(
+        hidden, classifier, target, eps if smoothing is None else smoothing, bias=bias, weight=weight,
+        want_grad=reduction != "none" and any(needs[:3]), wants=(needs[0], needs[1], needs[2]),
+        want_smoothing_grad=needs[3],
+        **_linear_options(hidden, _op_options(reduction, ignore_index, convention, chunk_size, check_values)),
+    )  # fmt: skip
+    outs = (res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad)
+    return tuple(hidden.new_empty(_EMPTY) if o is None else o.contiguous() for o in outs)  # type: ignore[return-value]
+
+
+def _op_options(
+    reduction: str, ignore_index: int, convention: str, chunk_size: int, check: int
+) -> dict[str, Any]:
+    return {
+        "reduction": reduction, "ignore_index": ignore_index, "convention": convention,
+        "chunk_size": chunk_size or None, "check_values": None if check < 0 else bool(check),
+    }  # fmt: skip
+
+
+@_linear_op.register_fake
+def _linear_op_fake(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    reduction: str,
+    ignore_index: int,
+    convention: str,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    loss = hidden.new_empty(target.shape if reduction == "none" else ())
+    now = reduction != "none"
+    return (
+        loss,
+        *_grad_shapes(hidden, classifier, bias, [now and n for n in needs[:3]]),
+        hidden.new_empty(loss.shape) if needs[3] else hidden.new_empty(_EMPTY),
+    )
+
+
+def _grad_shapes(
+    hidden: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None, needs: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty tensors shaped like the gradients in ``needs`` (fake implementations)."""
+    like = (hidden, classifier, bias)
+    return tuple(  # type: ignore[return-value]
+        hidden.new_empty(a.shape if n and a is not None else _EMPTY) for a, n in zip(like, needs, strict=True)
+    )
+
+
+@torch.library.custom_op("ls_xp::linear_ce_grad", mutates_args=())
+def _linear_grad_op(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    row_scale: torch.Tensor,
+    ignore_index: int,
+    convention: str,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    res = _linear._evaluate_linear(
+        hidden, classifier, target, eps if smoothing is None else smoothing, bias=bias, weight=weight,
+        want_loss=False, want_grad=True, wants=(needs[0], needs[1], needs[2]), row_scale=row_scale,
+        **_linear_options(hidden, _op_options("none", ignore_index, convention, chunk_size, check_values)),
+    )  # fmt: skip
+    outs = (res.grad_hidden, res.grad_classifier, res.grad_bias)
+    return tuple(hidden.new_empty(_EMPTY) if o is None else o.contiguous() for o in outs)  # type: ignore[return-value]
+
+
+@_linear_grad_op.register_fake
+def _linear_grad_op_fake(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    eps: float,
+    row_scale: torch.Tensor,
+    ignore_index: int,
+    convention: str,
+    needs: list[bool],
+    chunk_size: int,
+    check_values: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _grad_shapes(hidden, classifier, bias, needs[:3])
+
+
+def _linear_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+    ctx.args = inputs  # the "none" backward passes them on
+    ctx.reduction, ctx.needs = inputs[7], inputs[10]
+    ctx.save_for_backward(*inputs[:6], *output[1:])
+
+
+def _linear_op_backward(ctx: Any, grad_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    hidden, classifier, bias, target, weight, smoothing, gh, gw, gb, ds = ctx.saved_tensors
+    needs = ctx.needs
+    if ctx.reduction == "none":
+        eps, _, ignore, convention, _, chunk, check = ctx.args[6:]
+        gh, gw, gb = _linear_grad_op(
+            hidden,
+            classifier,
+            bias,
+            target,
+            weight,
+            smoothing,
+            eps,
+            grad_out,
+            ignore,
+            convention,
+            needs,
+            chunk,
+            check,
+        )
+    else:
+        gh, gw, gb = gh * grad_out, gw * grad_out, gb * grad_out
+    return (
+        gh if needs[0] else None,
+        gw if needs[1] else None,
+        gb if needs[2] and bias is not None else None,
+        None,
+        None,
+        torch.sum(grad_out * ds) if needs[3] else None,
+        *([None] * 7),
+    )
+
+
+torch.library.register_autograd(_linear_op, _linear_op_backward, setup_context=_linear_op_setup)
+
+
+def _compiled_linear_loss(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: Any,
+    opts: dict[str, Any],
+    needs: tuple[bool, bool, bool, bool],
+) -> torch.Tensor:
+    """The fused loss as the opaque operator (under torch.compile / torch.export)."""
+    tensor_eps = isinstance(smoothing, torch.Tensor)
+    check = opts.get("check_values")
+    return _linear_op(
+        hidden, classifier, bias, target, weight, smoothing if tensor_eps else None,
+        0.0 if tensor_eps else float(smoothing), opts.get("reduction", "mean"),
+        int(opts.get("ignore_index", -100)), opts.get("convention", "uniform"), list(needs),
+        int(opts.get("chunk_size") or 0), -1 if check is None else int(check),
+    )[0]  # fmt: skip
+
+
+def linear_values(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> _linear.LinearResult:
+    """``_linear._evaluate_linear`` without recording a graph (``linear_loss_and_grad``)."""
+    with torch.no_grad():
+        return _linear._evaluate_linear(hidden, *args, **_linear_options(hidden, kwargs))
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Label-smoothed cross-entropy of a classifier head, fused with the head's matmul:
+    :func:`ls_xp.linear_cross_entropy` as a module. The N x V logits are never stored.
+
+    ``LinearCrossEntropyLoss(head, ...)`` takes the model's ``nn.Linear`` head (or its
+    weight, e.g. a tied embedding matrix) and computes the loss from the hidden states:
+    ``forward(hidden, target)`` equals ``CrossEntropyLoss(...)(head(hidden), target)``
+    for class indices. Without a head, ``forward(hidden, target, classifier, bias=None)``
+    takes the classifier's weight at each call (Liger-Kernel's style). The head is only
+    referenced, not registered: the loss has no parameters of its own and the model's
+    ``state_dict`` and optimizer are unchanged. The other arguments are
+    ``nn.CrossEntropyLoss``'s (``weight`` is the per-class weight, a buffer), plus ls_xp's
+    keyword-only ``convention`` and ``chunk_size`` (rows per block).
+
+    >>> head = torch.nn.Linear(4, 10)
+    >>> crit = LinearCrossEntropyLoss(head, label_smoothing=0.1)
+    >>> hidden, y = torch.randn(6, 4), torch.tensor([1, 2, 3, 4, 5, 6])
+    >>> loss = crit(hidden, y)
+    >>> bool(torch.allclose(loss, CrossEntropyLoss(label_smoothing=0.1)(head(hidden), y)))
+    True
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        head: torch.nn.Linear | torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        convention: str = "uniform",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if head is not None and not isinstance(head, (torch.nn.Linear, torch.Tensor)):
+            raise TypeError(
+                f"head must be an nn.Linear, a (V, D) weight tensor or None, got {type(head).__name__}"
+            )
+        if isinstance(head, torch.Tensor) and head.ndim != 2:
+            raise ValueError(f"head must be a (V, D) weight tensor, got shape {tuple(head.shape)}")
+        _check_options(label_smoothing, reduction, ignore_index, convention, chunk_size)
+        self._head = (head,)  # a reference, not a submodule: the model owns the parameters
+        self.ignore_index = int(ignore_index)
+        self.reduction = reduction
+        self.label_smoothing = float(label_smoothing)
+        self.convention = convention
+        self.chunk_size = chunk_size
+        self.register_buffer("weight", weight)
+
+    @property
+    def head(self) -> torch.nn.Linear | torch.Tensor | None:
+        return self._head[0]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        target: torch.Tensor,
+        classifier: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        head = self.head
+        if classifier is None:
+            if head is None:
+                raise TypeError(
+                    "no classifier: pass one to forward(hidden, target, classifier) or a head at construction"
+                )
+            classifier, bias = (head.weight, head.bias) if isinstance(head, torch.nn.Linear) else (head, bias)
+        elif head is not None:
+            raise TypeError(
+                "classifier given to forward, but this loss was built with a head; pass one of the two"
+            )
+        return linear_loss(
+            hidden, classifier, target, self.label_smoothing, bias=bias, weight=self.weight,
+            ignore_index=self.ignore_index, reduction=self.reduction, convention=self.convention,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        head = self.head
+        shape = (
+            None
+            if head is None
+            else tuple((head.weight if isinstance(head, torch.nn.Linear) else head).shape)
+        )
+        extras = [f"head={shape}", f"label_smoothing={self.label_smoothing}", f"reduction={self.reduction!r}"]
+        if self.convention != "uniform":
+            extras.append(f"convention={self.convention!r}")
+        if self.chunk_size is not None:
+            extras.append(f"chunk_size={self.chunk_size}")
+        return ", ".join(extras)

@@ -1,0 +1,327 @@
+"""Label-smoothed cross-entropy straight from hidden states and a classifier.
+
+    loss(H, W, y) = cross_entropy(H W^T + b, y)        H: (N, D), W: (V, D), b: (V,)
+
+evaluated over blocks B of rows so that the N x V logits never exist. For each block
+
+    X_B  = H_B W^T + b                  (n_B x V: the only large temporary)
+    G_B  = d loss / d X_B               (the core's analytic gradient, written over X_B)
+    dH_B = G_B W                        (n_B x D)
+    dW  += G_B^T H_B                    (V x D, accumulated over the blocks)
+    db  += sum_n G_B[n, :]              (V,)
+
+The per-row losses and G_B come from the core of :func:`ls_xp.cross_entropy` (the
+log1p form with non-negative terms, the -inf rule, both conventions), so the fused loss
+equals the unfused one up to the order of the matmul's additions. Nothing here imports a
+framework: the adapters (``ls_xp.torch``, ``ls_xp.jax``) call :func:`_setup` and
+:func:`_block` from their autodiff rules, the eager loop (:func:`_evaluate`) serves NumPy,
+CuPy, array-api-strict and Dask (one lazy block: Dask's scheduler streams its row chunks).
+
+The "mean" denominator (sum of w_y over the rows not ignored) depends on the targets
+only, so it is computed once up front and every block is evaluated as a sum; the
+gradients are scaled by it at the end, on the small (N x D, V x D) arrays.
+
+Reference: the same fusion as Liger-Kernel's ``FusedLinearCrossEntropy`` and Wijmans et
+al., "Cut Your Losses in Large-Vocabulary Language Models" (2024), here for every
+array-API library and with label smoothing in both conventions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import array_api_extra as xpx
+from array_api_compat import array_namespace
+from array_api_compat import device as get_device
+
+from ls_xp import _checks
+from ls_xp._core import _astype, _class_weight, _evaluate, _safe_divide
+
+Array = Any
+
+# elements of one block of logits: 2^22 float32 are 16 MiB, half of glibc's largest mmap
+# threshold, so each block's buffers come from the heap that the previous block freed.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+class LinearResult(NamedTuple):
+    """What one fused evaluation returns; fields that were not asked for are None."""
+
+    loss: Array | None
+    grad_hidden: Array | None
+    grad_classifier: Array | None
+    grad_bias: Array | None
+    smoothing_grad: Array | None  # d loss / d smoothing, the shape of ``loss``
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A checked fused problem, rows flattened: what every block needs."""
+
+    xp: ModuleType
+    hidden: Array  # (N, D)
+    classifier: Array  # (V, D)
+    bias: Array | None  # (V,)
+    target: Array  # (N,) class indices
+    weight: Array | None  # (V,)
+    eps: float | Array
+    reduction: str
+    ignore_index: int
+    convention: str
+    unit: float | Array  # the factor of the summed rows: 1, or 1 / (the "mean" denominator)
+    total: float | Array  # the "mean" denominator (1 for the other reductions)
+    batch_shape: tuple[int, ...]
+    read: bool
+
+
+def _setup(
+    hidden: Array,
+    classifier: Array,
+    target: Array,
+    smoothing: Any = 0.1,
+    *,
+    bias: Array | None = None,
+    reduction: str = "mean",
+    weight: Array | None = None,
+    ignore_index: Any = -100,
+    convention: str = "uniform",
+    check_values: Any = None,
+) -> Problem:
+    """Check the arguments (shapes, dtypes, and label and weight values where they may be
+    read) and compute the "mean" denominator."""
+    xp = array_namespace(hidden)
+    dev = get_device(hidden)
+    read = _checks.plan(hidden) == "cpu"
+    if check_values is not None:
+        read = _checks.as_bool(check_values, "check_values")
+    _checks.check_floating(xp, hidden, "hidden")
+    classifier = _checks.same_namespace(xp, dev, classifier, "classifier", like="hidden")
+    bias = _checks.same_namespace(xp, dev, bias, "bias", like="hidden")
+    target = _checks.same_namespace(xp, dev, target, "target", like="hidden")
+    weight = _checks.same_namespace(xp, dev, weight, "weight", like="hidden")
+    h_shape = _checks.check_known_shape(hidden, "hidden")
+    if len(h_shape) < 1:
+        raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
+    if classifier.ndim != 2 or classifier.shape[1] != h_shape[-1]:
+        raise ValueError(
+            f"classifier must have shape (V, {h_shape[-1]}) (nn.Linear.weight's layout: one row per "
+            f"class, hidden.shape[-1] columns), got {tuple(classifier.shape)}"
+        )
+    num_classes = int(classifier.shape[0])
+    for name, a in (("classifier", classifier), ("bias", bias)):
+        if a is not None and a.dtype != hidden.dtype:
+            raise TypeError(f"{name} must have hidden's dtype {hidden.dtype}, got {a.dtype}")
+    if bias is not None and tuple(bias.shape) != (num_classes,):
+        raise ValueError(f"bias must have shape ({num_classes},) (one per class), got {tuple(bias.shape)}")
+    if tuple(target.shape) != h_shape[:-1] or not xp.isdtype(target.dtype, "integral"):
+        raise ValueError(
+            f"target must hold integer class indices of shape {h_shape[:-1]} (hidden.shape[:-1]), got "
+            f"shape {tuple(target.shape)} and dtype {target.dtype}; probability targets are not "
+            "supported here: use cross_entropy(hidden @ classifier.T, target)"
+        )
+    convention = _checks.check_choice("convention", convention, _checks.CONVENTIONS)
+    reduction = _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
+    _checks.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
+    ignore = _checks.as_int(ignore_index, "ignore_index")
+    dt = xp.result_type(hidden.dtype, xp.float32)
+    eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
+    w = _class_weight(xp, weight, num_classes, dt, read)
+    y = xp.reshape(target, (-1,))
+    valid = y != ignore
+    bad = valid & ((y < 0) | (y >= num_classes))
+    if _checks.any_true(xp, bad, read):
+        raise ValueError(
+            f"target contains class index {_checks.first_value(xp, y, bad)}, outside "
+            f"[0, {num_classes}) and not ignore_index={ignore}"
+        )
+    unit: float | Array = 1.0
+    total: float | Array = 1.0
+    if reduction == "mean":
+        if w is None:
+            total = xp.sum(xp.astype(valid, dt))
+        else:
+            w_y = xp.take(w, xp.where(valid & ~bad, y, 0), axis=0)
+            total = xp.sum(xp.where(valid, w_y, 0.0))
+        unit = _safe_divide(xp, 1.0, total, 0.0)  # every row ignored: NaN loss, zero gradients
+    return Problem(
+        xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
+        convention, unit, total, h_shape[:-1], read,
+    )  # fmt: skip
+
+
+class BlockOut(NamedTuple):
+    row: Array  # per-row losses (n_B,)
+    eps_row: Array | None  # per-row d loss / d eps
+    grad_hidden: Array | None  # (n_B, D)
+    grad_classifier: Array | None  # this block's part of dW (V, D)
+    grad_bias: Array | None  # this block's part of db (V,)
+
+
+def _block(
+    p: Problem,
+    hidden: Array,
+    target: Array,
+    *,
+    want_grad: bool,
+    want_smoothing_grad: bool,
+    wants: tuple[bool, bool, bool] = (True, True, True),
+    row_scale: Array | None = None,
+    chunk_size: int | None = None,
+) -> BlockOut:
+    """One block of rows: its logits, the core's per-row losses and logit gradient (of
+    the sum of the rows, times ``row_scale`` if given), and the products for the
+    gradients in ``wants`` (hidden, classifier, bias)."""
+    xp = p.xp
+    logits = hidden @ xp.matrix_transpose(p.classifier)
+    if p.bias is not None:
+        logits = logits + p.bias
+    res = _evaluate(
+        logits, target, p.eps, reduction="none", weight=p.weight, ignore_index=p.ignore_index,
+        convention=p.convention, want_grad=want_grad, want_smoothing_grad=want_smoothing_grad,
+        chunk_size=chunk_size, overwrite_logits=True, check_values=False, loss_in_compute_dtype=True,
+    )  # fmt: skip
+    assert res.loss is not None
+    g = res.grad  # in the buffer of ``logits`` where that is writeable
+    del logits
+    if g is None:
+        return BlockOut(res.loss, res.smoothing_grad, None, None, None)
+    s = None if row_scale is None else row_scale[:, None]
+    gh = gw = gb = None
+    if wants[0]:  # scale the (n_B x D) factors, never the (n_B x V) gradient
+        gh = g @ p.classifier if s is None else (g @ p.classifier) * s
+    if wants[1]:
+        gw = xp.matrix_transpose(g) @ (hidden if s is None else hidden * s)
+    if wants[2] and p.bias is not None:
+        gb = xp.sum(g, axis=0) if row_scale is None else xp.reshape(row_scale[None, :] @ g, (-1,))
+    return BlockOut(res.loss, res.smoothing_grad, gh, gw, gb)
+
+
+def block_rows(p: Problem, chunk_size: Any = None) -> int:
+    """Rows per block: ``chunk_size``, else blocks of about 2^22 logits (at least one row).
+    Lazy arrays (Dask) take one block: their own chunks are the blocks."""
+    n_rows, num_classes = p.hidden.shape[0], p.classifier.shape[0]
+    if chunk_size is not None:
+        rows = _checks.as_int(chunk_size, "chunk_size")
+        if rows < 1:
+            raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size}")
+        return rows
+    if not _checks.is_concrete(p.hidden):
+        return max(n_rows, 1)
+    return default_block_rows(num_classes)
+
+
+def default_block_rows(num_classes: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
+
+
+def _evaluate_linear(
+    hidden: Array,
+    classifier: Array,
+    target: Array,
+    smoothing: Any = 0.1,
+    *,
+    want_loss: bool = True,
+    want_grad: bool = False,
+    want_smoothing_grad: bool = False,
+    wants: tuple[bool, bool, bool] = (True, True, True),
+    row_scale: Array | None = None,
+    chunk_size: Any = None,
+    inner_chunk_size: int | None = None,
+    **options: Any,
+) -> LinearResult:
+    """The fused loss and gradients by an eager loop over row blocks (every library but
+    JAX, whose adapter runs :func:`_block` in ``lax.scan``). ``row_scale`` (N,) weights the
+    rows of the gradients: the cotangent of ``reduction="none"``."""
+    p = _setup(hidden, classifier, target, smoothing, **options)
+    xp, dev = p.xp, get_device(p.hidden)
+    n_rows, dim = p.hidden.shape
+    step = block_rows(p, chunk_size)
+    scale = None if row_scale is None else xp.reshape(_astype(xp, row_scale, p.hidden.dtype), (-1,))
+    rows: list[Array] = []
+    eps_rows: list[Array] = []
+    gh = gw = gb = None
+    for lo in range(0, n_rows, step):
+        sl = slice(lo, min(n_rows, lo + step))
+        one = step >= n_rows
+        b = _block(
+            p, p.hidden if one else p.hidden[sl, ...], p.target if one else p.target[sl],
+            want_grad=want_grad, want_smoothing_grad=want_smoothing_grad, wants=wants,
+            row_scale=scale if scale is None or one else scale[sl], chunk_size=inner_chunk_size,
+        )  # fmt: skip
+        rows.append(b.row)
+        if b.eps_row is not None:
+            eps_rows.append(b.eps_row)
+        if one:
+            gh, gw, gb = b.grad_hidden, b.grad_classifier, b.grad_bias
+            continue
+        if b.grad_hidden is not None:
+            if gh is None:
+                gh = xp.empty((n_rows, dim), dtype=b.grad_hidden.dtype, device=dev)
+            gh = xpx.at(gh, (sl, slice(None))).set(b.grad_hidden)
+        gw = _accumulate(xp, gw, b.grad_classifier)
+        gb = _accumulate(xp, gb, b.grad_bias)
+    if want_grad and n_rows == 0:  # no block ran
+        gh = xp.zeros((0, dim), dtype=p.hidden.dtype, device=dev) if wants[0] else None
+        gw = xp.zeros(p.classifier.shape, dtype=p.hidden.dtype, device=dev) if wants[1] else None
+        gb = None
+        if wants[2] and p.bias is not None:
+            gb = xp.zeros(p.bias.shape, dtype=p.hidden.dtype, device=dev)
+    if n_rows == 0:
+        rows.append(xp.zeros((0,), dtype=p.hidden.dtype, device=dev))
+        eps_rows.append(rows[0])
+    row = rows[0] if len(rows) == 1 else xp.concat(rows)
+    eps_row = None
+    if want_smoothing_grad:
+        eps_row = eps_rows[0] if len(eps_rows) == 1 else xp.concat(eps_rows)
+    return finish(p, row, eps_row, gh, gw, gb, want_loss)
+
+
+def _accumulate(xp: ModuleType, total: Array | None, part: Array | None) -> Array | None:
+    """``total + part``, in place where ``total`` is writeable (no V x D copy per block)."""
+    if total is None or part is None:
+        return part if total is None else total
+    return xpx.at(total)[...].add(part, xp=xp)
+
+
+def finish(
+    p: Problem,
+    row: Array,
+    eps_row: Array | None,
+    grad_hidden: Array | None,
+    grad_classifier: Array | None,
+    grad_bias: Array | None,
+    want_loss: bool = True,
+) -> LinearResult:
+    """The reduction of the per-row losses (and eps-derivatives), and the gradients
+    scaled by the "mean" factor and shaped like their arrays."""
+    xp, dtype = p.xp, p.hidden.dtype
+
+    def _reduce(r: Array | None, at_zero: float) -> Array | None:
+        if r is None:
+            return None
+        if p.reduction == "none":
+            out = xp.reshape(r, p.batch_shape)
+        elif p.reduction == "sum":
+            out = xp.sum(r)
+        else:  # sum / denominator; NaN loss and zero derivatives when it is 0
+            out = xp.sum(r) * p.unit if at_zero == 0.0 else _safe_divide(xp, xp.sum(r), p.total, at_zero)
+        return _astype(xp, out, dtype)
+
+    def _scaled(g: Array | None) -> Array | None:
+        return None if g is None else _astype(xp, g * p.unit, dtype)
+
+    if grad_hidden is not None:
+        grad_hidden = xp.reshape(grad_hidden, (*p.batch_shape, p.hidden.shape[1]))
+    if p.reduction == "mean":
+        grad_hidden, grad_classifier = _scaled(grad_hidden), _scaled(grad_classifier)
+        grad_bias = _scaled(grad_bias)
+    return LinearResult(
+        _reduce(row, math.nan) if want_loss else None,
+        grad_hidden,
+        grad_classifier,
+        grad_bias,
+        _reduce(eps_row, 0.0),
+    )
