@@ -45,6 +45,11 @@ SIZES: dict[str, tuple[int, int]] = {
     "wide": (8192, 65536),
     "xlarge": (8192, 131072),
 }
+# the "linear" workload: hidden (N, D), classifier (V, D); sizes NxDxV
+LINEAR_SIZES: dict[str, tuple[int, int, int]] = {
+    "linear-small": (512, 64, 4096),
+    "linear": (4096, 256, 32768),
+}
 EPS = 0.1
 DTYPES = ("float32", "bfloat16")
 
@@ -58,22 +63,44 @@ IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("jax", "ls_xp"): "jax",
     ("jax", "optax"): "optax",
 }
+# the linear workload: ls_xp.linear_cross_entropy against the matmul, then a loss
+LINEAR_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
+    ("numpy", "ls_xp"): "numpy",
+    ("numpy", "unfused-ls_xp"): "numpy",
+    ("torch", "ls_xp"): "torch",
+    ("torch", "unfused-native"): "torch",
+    ("torch", "unfused-ls_xp"): "torch",
+    ("jax", "ls_xp"): "jax",
+    ("jax", "unfused-optax"): "optax",
+    ("jax", "unfused-ls_xp"): "jax",
+}
 # a value read back: bool() -> is_nonzero -> item -> _local_scalar_dense; count it once
 SYNC_EVENT = "aten::_local_scalar_dense"
 
 
-def parse_size(size: str) -> tuple[int, int]:
-    """A named size or ``NxK``."""
+def parse_size(size: str) -> tuple[int, ...]:
+    """A named size, ``NxK`` (the loss from logits) or ``NxDxV`` (the linear workload:
+    hidden states (N, D) and a classifier (V, D))."""
     if size in SIZES:
         return SIZES[size]
+    if size in LINEAR_SIZES:
+        return LINEAR_SIZES[size]
     try:
-        n, k = (int(v) for v in size.lower().split("x"))
+        dims = tuple(int(v) for v in size.lower().split("x"))
+        if len(dims) not in (2, 3):
+            raise ValueError(size)
     except ValueError as exc:
-        names = ", ".join(SIZES)
-        raise ValueError(f"size must be one of {names} or NxK (e.g. 2048x32000), got {size!r}") from exc
-    if n < 1 or k < 1:
+        names = ", ".join([*SIZES, *LINEAR_SIZES])
+        raise ValueError(
+            f"size must be one of {names}, NxK (e.g. 2048x32000) or NxDxV (e.g. 4096x256x32768), got {size!r}"
+        ) from exc
+    if min(dims) < 1:
         raise ValueError(f"size must be positive, got {size!r}")
-    return n, k
+    return dims
+
+
+def is_linear(size: str) -> bool:
+    return len(parse_size(size)) == 3
 
 
 # ------------------------------------------------------------------ the measured functions
@@ -115,8 +142,12 @@ def _numpy_dense(x: Any, y: Any) -> tuple[Any, Any]:
     return loss, grad
 
 
-def _setup(backend: str, impl: str, n: int, k: int, dtype: str, device: str) -> Callable[[], Any]:
+def _setup(backend: str, impl: str, dims: tuple[int, ...], dtype: str, device: str) -> Callable[[], Any]:
     import numpy as np
+
+    if len(dims) == 3:
+        return _setup_linear(backend, impl, dims, dtype, device)
+    n, k = dims
 
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((n, k), dtype=np.float32)
@@ -190,6 +221,96 @@ def _setup_jax(impl: str, x_np: Any, y_np: Any, dtype: str, device: str) -> Call
     return run_jax
 
 
+def _setup_linear(
+    backend: str, impl: str, dims: tuple[int, ...], dtype: str, device: str
+) -> Callable[[], Any]:
+    """Loss and the gradients of hidden states and classifier: fused, or the matmul and
+    then a loss on the materialised logits."""
+    import numpy as np
+
+    n, d, v = dims
+    rng = np.random.default_rng(0)
+    h_np = rng.standard_normal((n, d), dtype=np.float32)
+    w_np = rng.standard_normal((v, d), dtype=np.float32) / np.float32(np.sqrt(d))
+    y_np = rng.integers(0, v, n)
+    if backend == "numpy":
+        if dtype != "float32" or device != "cpu":
+            raise ValueError("the NumPy implementations run in float32 on the CPU only")
+        import ls_xp
+
+        def unfused_numpy() -> Any:
+            loss, g = ls_xp.loss_and_grad(h_np @ w_np.T, y_np, EPS)
+            return loss, g @ w_np, g.T @ h_np
+
+        if impl == "ls_xp":
+            return lambda: ls_xp.linear_loss_and_grad(h_np, w_np, y_np, EPS)
+        return unfused_numpy
+    if backend == "torch":
+        return _setup_linear_torch(impl, h_np, w_np, y_np, dtype, device)
+    return _setup_linear_jax(impl, h_np, w_np, y_np, dtype, device)
+
+
+def _setup_linear_torch(
+    impl: str, h_np: Any, w_np: Any, y_np: Any, dtype: str, device: str
+) -> Callable[[], Any]:
+    import torch
+
+    import ls_xp
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    h0, w0 = (torch.from_numpy(a).to(device=device, dtype=getattr(torch, dtype)) for a in (h_np, w_np))
+    y = torch.from_numpy(y_np).to(device)
+    sync = torch.cuda.synchronize if h0.is_cuda else (lambda: None)
+    loss_fn: Callable[[Any, Any], Any] = {
+        "ls_xp": lambda h, w: ls_xp.linear_cross_entropy(h, w, y, EPS),
+        "unfused-native": lambda h, w: torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=EPS),
+        "unfused-ls_xp": lambda h, w: ls_xp.cross_entropy(h @ w.T, y, EPS),
+    }[impl]
+
+    def run() -> Any:
+        h, w = h0.detach().requires_grad_(), w0.detach().requires_grad_()
+        loss = loss_fn(h, w)
+        loss.backward()
+        sync()
+        return loss
+
+    return run
+
+
+def _setup_linear_jax(
+    impl: str, h_np: Any, w_np: Any, y_np: Any, dtype: str, device: str
+) -> Callable[[], Any]:
+    import jax
+    import jax.numpy as jnp
+
+    import ls_xp
+
+    dev = jax.devices(device)[0]
+    h, w = (jax.device_put(jnp.asarray(a, dtype=getattr(jnp, dtype)), dev) for a in (h_np, w_np))
+    y = jax.device_put(jnp.asarray(y_np), dev)
+    v = w_np.shape[0]
+
+    def optax_loss(h: Any, w: Any) -> Any:
+        import optax
+
+        labels = optax.smooth_labels(jax.nn.one_hot(y, v, dtype=h.dtype), EPS)
+        return optax.softmax_cross_entropy(h @ w.T, labels).mean()
+
+    loss_fn: Callable[[Any, Any], Any] = {
+        "ls_xp": lambda h, w: ls_xp.linear_cross_entropy(h, w, y, EPS),
+        "unfused-optax": optax_loss,
+        "unfused-ls_xp": lambda h, w: ls_xp.cross_entropy(h @ w.T, y, EPS),
+    }[impl]
+    f = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+
+    def run_jax() -> Any:
+        out = f(h, w)
+        jax.block_until_ready(out)
+        return out
+
+    return run_jax
+
+
 def _peak_rss_bytes() -> int:
     """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -248,8 +369,10 @@ def _torch_ops(run: Callable[[], Any]) -> dict[str, int]:
     return {"ops": len(top), "syncs": sum(e.name == SYNC_EVENT for e in events)}
 
 
-def _worker(backend: str, impl: str, n: int, k: int, repeats: int, dtype: str, device: str) -> dict[str, Any]:
-    run = _setup(backend, impl, n, k, dtype, device)
+def _worker(
+    backend: str, impl: str, dims: tuple[int, ...], repeats: int, dtype: str, device: str
+) -> dict[str, Any]:
+    run = _setup(backend, impl, tuple(dims), dtype, device)
     baseline = _rss_bytes()  # the inputs exist; nothing has run yet
     device_memory = _DeviceMemory(backend, device)
     out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
@@ -274,9 +397,11 @@ def _worker(backend: str, impl: str, n: int, k: int, repeats: int, dtype: str, d
 # ------------------------------------------------------------------ the driver
 
 
-def available_implementations(backends: list[str] | None = None) -> list[tuple[str, str]]:
+def available_implementations(
+    backends: list[str] | None = None, linear: bool = False
+) -> list[tuple[str, str]]:
     out = []
-    for (backend, impl), module in IMPLEMENTATIONS.items():
+    for (backend, impl), module in (LINEAR_IMPLEMENTATIONS if linear else IMPLEMENTATIONS).items():
         if backends and backend not in backends:
             continue
         if importlib.util.find_spec(module) is not None and importlib.util.find_spec(backend) is not None:
@@ -293,13 +418,13 @@ def measure(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> dict[str, Any]:
-    n, k = parse_size(size)
-    call = f"_bench._worker({backend!r}, {impl!r}, {n}, {k}, {repeats}, {dtype!r}, {device!r})"
+    dims = parse_size(size)
+    call = f"_bench._worker({backend!r}, {impl!r}, {dims!r}, {repeats}, {dtype!r}, {device!r})"
     code = f"import json, sys; from ls_xp import _bench; print(json.dumps({call}))"
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     result: dict[str, Any] = {
-        "backend": backend, "impl": impl, "size": size, "shape": [n, k], "dtype": dtype, "device": device,
+        "backend": backend, "impl": impl, "size": size, "shape": list(dims), "dtype": dtype, "device": device,
     }  # fmt: skip
     try:
         proc = subprocess.run(
@@ -346,18 +471,21 @@ def run_bench(
     busy: bool = False,
 ) -> dict[str, Any]:
     """Every implementation at every size, ``pairs`` times in alternation (ls_xp, peer, ...)."""
-    impls = [
-        bi
-        for bi in available_implementations(backends)
-        if not (bi[0] == "numpy" and (dtype, device) != ("float32", "cpu"))
-    ]
+
+    def impls(size: str) -> list[tuple[str, str]]:
+        return [
+            bi
+            for bi in available_implementations(backends, is_linear(size))
+            if not (bi[0] == "numpy" and (dtype, device) != ("float32", "cpu"))
+        ]
+
     runs: list[dict[str, Any]] = []
-    total = len(impls) * len(sizes) * pairs
+    total = sum(len(impls(size)) for size in sizes) * pairs
     i = 0
     with _busy_core(busy):
         for size in sizes:
             for _ in range(pairs):
-                for backend, impl in impls:
+                for backend, impl in impls(size):
                     i += 1
                     if progress:
                         progress(f"[{i}/{total}] {backend} {impl} {size} {dtype} {device}")
@@ -449,14 +577,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"{st.get('pairs', 1)} alternating pair(s) of fresh processes, "
         f"median of {st.get('repeats', '?')} runs each" + (", one core kept busy" if st.get("busy") else ""),
         "",
-        f"{'backend':8s} {'implementation':15s} {'size':7s} {'shape':>13s} {'median':>9s} {'peak extra':>11s}"
-        f" {'device peak':>12s} {'ops':>6s} {'syncs':>5s}",
+        f"{'backend':8s} {'implementation':16s} {'size':12s} {'shape':>16s} {'median':>9s}"
+        f" {'peak extra':>11s} {'device peak':>12s} {'ops':>6s} {'syncs':>5s}",
     ]
     for r in report["results"]:
         shape = "x".join(str(d) for d in r["shape"])
         if "error" in r:
             lines.append(
-                f"{r['backend']:8s} {r['impl']:15s} {r['size']:7s} {shape:>13s}  error: {r['error']}"
+                f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s}  error: {r['error']}"
             )
             continue
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
@@ -464,7 +592,7 @@ def format_report(report: dict[str, Any]) -> str:
         ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
         syncs = "-" if r.get("syncs") is None else f"{r['syncs']:.0f}"
         lines.append(
-            f"{r['backend']:8s} {r['impl']:15s} {r['size']:7s} {shape:>13s} {r['time_s']:8.4f}s {peak:>11s}"
+            f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s} {r['time_s']:8.4f}s {peak:>11s}"
             f" {dev:>12s} {ops:>6s} {syncs:>5s}"
         )
     if report["ratios"]:
@@ -477,7 +605,7 @@ def format_report(report: dict[str, Any]) -> str:
                 else f"  device memory {q['device_memory_ratio']:.2f}x"
             )
             ops = "" if q.get("ops") is None else f"  ops {q['ops']:.0f} vs {q['peer_ops']:.0f}"
-            head = f"  {q['backend']:6s} {q['size']:7s} vs {q['peer']:14s}"
+            head = f"  {q['backend']:6s} {q['size']:12s} vs {q['peer']:14s}"
             lines.append(f"{head} time {q['time_ratio']:.2f}x  memory {mem}{dev}{ops}")
     return "\n".join(lines)
 

@@ -202,15 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         "loss + gradient, ls_xp against each backend's peers, each measurement in a fresh process.",
         epilog="examples:\n  ls-xp bench --backend numpy --size medium\n"
         "  ls-xp bench --backend torch --size busy --pairs 3 --busy\n"
-        "  ls-xp bench --backend torch --device cuda --dtype bfloat16 --size xlarge",
+        "  ls-xp bench --backend torch --device cuda --dtype bfloat16 --size xlarge\n"
+        "  ls-xp bench --size linear --pairs 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_b.add_argument("--backend", action="append", choices=["numpy", "torch", "jax"], help="repeatable")
     p_b.add_argument(
         "--size",
         action="append",
-        help="small (64x10), busy (2048x32000), medium (4096x32000), large (2048x131072), "
-        "wide (8192x65536), xlarge (8192x131072) or NxK; repeatable (default: small, medium)",
+        help="the loss from N x K logits: small (64x10), busy (2048x32000), medium (4096x32000), "
+        "large (2048x131072), wide (8192x65536), xlarge (8192x131072) or NxK; the linear workload "
+        "(hidden N x D, classifier V x D, fused against the matmul and then the loss): linear-small "
+        "(512x64x4096), linear (4096x256x32768) or NxDxV; repeatable (default: small, medium)",
     )
     p_b.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median)")
     p_b.add_argument(

@@ -146,7 +146,10 @@ def _run(
     step = o.pop("chunk_size")
     p = _linear._setup(hidden, classifier, target, eps, bias=bias, weight=weight, **o)
     n, d = p.hidden.shape
-    rows = _linear.default_block_rows(p.classifier.shape[0]) if step is None else _linear.block_rows(p, step)
+    if step is None:
+        rows = _linear.default_block_rows(p.classifier.shape[0], _checks.plan(hidden))
+    else:
+        rows = _linear.block_rows(p, step)
     step = max(1, min(rows, n))
     blocks = max(1, -(-n // step))
     pad = blocks * step - n

@@ -646,10 +646,14 @@ class _LinearCE(torch.autograd.Function):
         return (*grads, None, None, d_smooth, None, None)
 
 
-def _linear_options(hidden: torch.Tensor, options: dict[str, Any]) -> dict[str, Any]:
-    """The core's options for PyTorch: each block's softmax in one piece (PyTorch wants few,
-    large operations; see ``_CPU_BLOCK_ELEMENTS``)."""
-    return {"reduction": "mean", **options, "inner_chunk_size": 1 << 62}
+def _linear_options(hidden: torch.Tensor, classifier: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The core's options for PyTorch: each block's softmax in PyTorch's CPU blocks (few,
+    large operations; see ``_CPU_BLOCK_ELEMENTS``), in one piece on an accelerator."""
+    inner = 1 << 62
+    if _checks.plan(hidden) == "cpu":
+        num_classes = int(classifier.shape[0]) if getattr(classifier, "ndim", 0) == 2 else 1
+        inner = max(1, _CPU_BLOCK_ELEMENTS // max(1, num_classes))
+    return {"reduction": "mean", **options, "inner_chunk_size": inner}
 
 
 def linear_loss(
@@ -681,7 +685,7 @@ def linear_loss(
         res = linear_values(hidden, classifier, target, smoothing, bias=bias, weight=weight, **options)
         assert res.loss is not None
         return res.loss
-    opts = _linear_options(hidden, options)
+    opts = _linear_options(hidden, classifier, options)
     return _LinearCE.apply(hidden, classifier, bias, target, weight, smoothing, opts, needs)[0]
 
 
@@ -709,7 +713,9 @@ def _linear_op(
         hidden, classifier, target, eps if smoothing is None else smoothing, bias=bias, weight=weight,
         want_grad=reduction != "none" and any(needs[:3]), wants=(needs[0], needs[1], needs[2]),
         want_smoothing_grad=needs[3],
-        **_linear_options(hidden, _op_options(reduction, ignore_index, convention, chunk_size, check_values)),
+        **_linear_options(
+            hidden, classifier, _op_options(reduction, ignore_index, convention, chunk_size, check_values)
+        ),
     )  # fmt: skip
     outs = (res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad)
     return tuple(hidden.new_empty(_EMPTY) if o is None else o.contiguous() for o in outs)  # type: ignore[return-value]
@@ -778,7 +784,9 @@ def _linear_grad_op(
     res = _linear._evaluate_linear(
         hidden, classifier, target, eps if smoothing is None else smoothing, bias=bias, weight=weight,
         want_loss=False, want_grad=True, wants=(needs[0], needs[1], needs[2]), row_scale=row_scale,
-        **_linear_options(hidden, _op_options("none", ignore_index, convention, chunk_size, check_values)),
+        **_linear_options(
+            hidden, classifier, _op_options("none", ignore_index, convention, chunk_size, check_values)
+        ),
     )  # fmt: skip
     outs = (res.grad_hidden, res.grad_classifier, res.grad_bias)
     return tuple(hidden.new_empty(_EMPTY) if o is None else o.contiguous() for o in outs)  # type: ignore[return-value]
@@ -869,7 +877,9 @@ def _compiled_linear_loss(
 def linear_values(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> _linear.LinearResult:
     """``_linear._evaluate_linear`` without recording a graph (``linear_loss_and_grad``)."""
     with torch.no_grad():
-        return _linear._evaluate_linear(hidden, *args, **_linear_options(hidden, kwargs))
+        return _linear._evaluate_linear(
+            hidden, *args, **_linear_options(hidden, args[0] if args else None, kwargs)
+        )
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

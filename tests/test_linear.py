@@ -60,7 +60,11 @@ def test_matches_unfused_on_every_backend(xb, fdtype, rng, red, conv, opts):
     eps = opts.get("smoothing", 0.1)
     args = (xb.asarray(h, fdtype), xb.asarray(w_cls, fdtype), xb.asarray(y))
     bias = xb.asarray(b, fdtype) if opts.get("bias") else None
-    kw = {"reduction": red, "convention": conv, "weight": xb.asarray(weight, fdtype) if opts.get("weight") else None}
+    kw = {
+        "reduction": red,
+        "convention": conv,
+        "weight": xb.asarray(weight, fdtype) if opts.get("weight") else None,
+    }
     got = ls_xp.linear_loss_and_grad(*args, eps, bias=bias, chunk_size=opts.get("chunk_size"), **kw)
     want = _unfused(xb, args[0], args[1], bias, args[2], eps, **kw)
     for name, a, e in zip(("loss", "grad_hidden", "grad_classifier", "grad_bias"), got, want, strict=True):
@@ -73,6 +77,19 @@ def test_matches_unfused_on_every_backend(xb, fdtype, rng, red, conv, opts):
         assert tuple(a.shape) == tuple(e.shape), name
     loss = ls_xp.linear_cross_entropy(*args, eps, bias=bias, chunk_size=opts.get("chunk_size"), **kw)
     np.testing.assert_allclose(xb.np(loss), xb.np(got[0]), rtol=TOL[fdtype]["rtol"])
+
+
+def test_classifier_gradient_in_class_slices(xb, rng, monkeypatch):
+    """The eager accumulator adds each block's G^T H slice by slice of classes."""
+    from ls_xp import _linear
+
+    monkeypatch.setattr(_linear, "_GRAM_ELEMENTS", 12)  # two classes per slice at D = 6
+    h, w_cls, b, y, _ = _problem(rng, ignore=True)
+    args = (xb.asarray(h), xb.asarray(w_cls), xb.asarray(y))
+    got = ls_xp.linear_loss_and_grad(*args, 0.1, bias=xb.asarray(b), chunk_size=4)
+    want = _unfused(xb, *args[:2], xb.asarray(b), args[2], 0.1)
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(xb.np(a), xb.np(e), rtol=1e-10, atol=1e-12)
 
 
 def test_exact_where_the_unfused_loss_is_exact(rng):
@@ -149,7 +166,9 @@ def test_numpy_peak_memory_is_one_block_not_n_by_v():
     n_by_v, block = n * v * 8, 64 * v * 8
     assert peak < 0.1 * n_by_v, f"peak {peak / 2**20:.1f} MiB vs N x V {n_by_v / 2**20:.0f} MiB"
     # the block's logits (overwritten by their gradient) and the core's temporaries
-    assert peak < 5 * block + 2 * (v + n) * d * 8, f"peak {peak / 2**20:.1f} MiB, one block {block / 2**20:.0f} MiB"
+    assert peak < 5 * block + 2 * (v + n) * d * 8, (
+        f"peak {peak / 2**20:.1f} MiB, one block {block / 2**20:.0f} MiB"
+    )
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -168,7 +187,9 @@ def test_torch_gradcheck_every_input(red):
     weight = torch.rand(7, dtype=torch.float64, generator=g) + 0.5
 
     def f(h, w_cls, b, eps):
-        return ls_xp.linear_cross_entropy(h, w_cls, y, eps, bias=b, weight=weight, reduction=red, chunk_size=3)
+        return ls_xp.linear_cross_entropy(
+            h, w_cls, y, eps, bias=b, weight=weight, reduction=red, chunk_size=3
+        )
 
     assert torch.autograd.gradcheck(f, (h, w_cls, b, eps))
 
@@ -264,7 +285,9 @@ def test_torch_compile_fullgraph_and_export(red):
 
     program = torch.export.export(Head(), (h.detach(), w_cls.detach(), y))
     assert "ls_xp.linear_ce" in str(program.graph)
-    torch.testing.assert_close(program.module()(h.detach(), w_cls.detach(), y), Head()(h.detach(), w_cls.detach(), y))
+    torch.testing.assert_close(
+        program.module()(h.detach(), w_cls.detach(), y), Head()(h.detach(), w_cls.detach(), y)
+    )
 
 
 # ---------------------------------------------------------------- JAX
@@ -283,7 +306,9 @@ def test_jax_grad_jit_and_weight_cotangent(red):
     h, w_cls, b, y, weight = (jnp.asarray(a) for a in _problem(np.random.default_rng(1), ignore=True))
 
     def fused(h, w_cls, b, weight, eps):
-        loss = ls_xp.linear_cross_entropy(h, w_cls, y, eps, bias=b, weight=weight, reduction=red, chunk_size=4)
+        loss = ls_xp.linear_cross_entropy(
+            h, w_cls, y, eps, bias=b, weight=weight, reduction=red, chunk_size=4
+        )
         return jnp.sum(loss**2)  # a non-uniform cotangent for "none"
 
     def unfused(h, w_cls, b, weight, eps):
@@ -331,7 +356,9 @@ def test_jax_jit_never_holds_n_by_v():
 
     walk(jaxpr.jaxpr)
     assert max(sizes) <= 64 * v, max(sizes)
-    unfused = jax.make_jaxpr(jax.value_and_grad(lambda h, w: ls_xp.cross_entropy(h @ w.T, y, 0.1), (0, 1)))(h, w_cls)
+    unfused = jax.make_jaxpr(jax.value_and_grad(lambda h, w: ls_xp.cross_entropy(h @ w.T, y, 0.1), (0, 1)))(
+        h, w_cls
+    )
     assert any(int(np.prod(o.aval.shape)) == n * v for e in unfused.jaxpr.eqns for o in e.outvars)
 
 
