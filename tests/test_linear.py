@@ -224,7 +224,7 @@ def test_torch_module_with_a_weight_tensor_and_per_call_classifier():
         per_call(h, y)
     with pytest.raises(TypeError, match="built with a head"):
         tied(h, y, emb)
-    with pytest.raises(TypeError, match="head must be an nn.Linear"):
+    with pytest.raises(TypeError, match=r"head must be an nn\.Linear"):
         ls_xp.torch.LinearCrossEntropyLoss("lm_head")
     with pytest.raises(ValueError, match="reduction must be one of"):
         ls_xp.torch.LinearCrossEntropyLoss(emb, reduction="avg")
