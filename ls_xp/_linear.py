@@ -78,6 +78,7 @@ class Problem:
     total: float | Array  # the "mean" denominator (1 for the other reductions)
     batch_shape: tuple[int, ...]
     read: bool
+    plan: str
 
 
 def _setup(
@@ -97,7 +98,8 @@ def _setup(
     read) and compute the "mean" denominator."""
     xp = array_namespace(hidden)
     dev = get_device(hidden)
-    read = _checks.plan(hidden) == "cpu"
+    plan = _checks.plan(hidden)
+    read = plan == "cpu"
     if check_values is not None:
         read = _checks.as_bool(check_values, "check_values")
     _checks.check_floating(xp, hidden, "hidden")
@@ -151,7 +153,7 @@ def _setup(
         unit = _safe_divide(xp, 1.0, total, 0.0)  # every row ignored: NaN loss, zero gradients
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
-        convention, unit, total, h_shape[:-1], read,
+        convention, unit, total, h_shape[:-1], read, plan,
     )  # fmt: skip
 
 
@@ -200,17 +202,20 @@ def _block(
         gh = g @ p.classifier if s is None else (g @ p.classifier) * s
     if wants[1]:
         h = hidden if s is None else hidden * s
-        gw = xp.matrix_transpose(g) @ h if grad_classifier is None else _add_gram(xp, grad_classifier, g, h)
+        if grad_classifier is None:
+            gw = xp.matrix_transpose(g) @ h
+        else:  # one product on an accelerator (each slice would be two more launches)
+            gw = _add_gram(xp, grad_classifier, g, h, whole=p.plan == "accelerator")
     if wants[2] and p.bias is not None:
         gb = xp.sum(g, axis=0) if row_scale is None else xp.reshape(row_scale[None, :] @ g, (-1,))
     return BlockOut(res.loss, res.smoothing_grad, gh, gw, gb)
 
 
-def _add_gram(xp: ModuleType, total: Array, g: Array, h: Array) -> Array:
+def _add_gram(xp: ModuleType, total: Array, g: Array, h: Array, whole: bool = False) -> Array:
     """``total + g^T h`` in place, class slice by class slice: the temporary product is one
     slice of about 2^21 elements (8 MiB of float32) and the matmuls stay large."""
     num_classes, dim = total.shape
-    step = max(1, _GRAM_ELEMENTS // max(dim, 1))
+    step = num_classes if whole else max(1, _GRAM_ELEMENTS // max(dim, 1))
     for lo in range(0, num_classes, step):
         sl = slice(lo, min(num_classes, lo + step))
         total = xpx.at(total, (sl, slice(None))).add(xp.matrix_transpose(g[:, sl]) @ h)

@@ -217,3 +217,30 @@ def test_autocast_gives_the_native_loss_dtype(dtype):
     assert ours.dtype == native.dtype == torch.float32
     ours.backward()
     assert lin.weight.grad is not None and lin.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("red", ["mean", "none"])
+def test_fused_linear_loss_reads_no_value_back_on_the_accelerator_plan(monkeypatch, red):
+    """ls_xp.linear_cross_entropy + backward: no host sync, and the operations per call do
+    not grow with the rows of one block; the same values as the CPU plan."""
+    monkeypatch.setenv("LS_XP_PLAN", "accelerator")
+    g = torch.Generator().manual_seed(0)
+    counts, grads = [], {}
+    for n in (16, 512):
+        h0, w0 = torch.randn(n, 32, generator=g), torch.randn(300, 32, generator=g)
+        y = torch.randint(0, 300, (n,), generator=g)
+
+        def run(h0=h0, w0=w0, y=y):
+            h, w = h0.detach().requires_grad_(), w0.detach().requires_grad_()
+            ls_xp.linear_cross_entropy(h, w, y, 0.1, reduction=red).sum().backward()
+            return h.grad, w.grad
+
+        ops, syncs = _profile(run)
+        assert syncs == 0
+        counts.append(ops)
+        grads["accelerator"] = run()
+    assert counts[0] == counts[1]
+    monkeypatch.setenv("LS_XP_PLAN", "cpu")
+    grads["cpu"] = run()
+    for a, e in zip(grads["accelerator"], grads["cpu"], strict=True):
+        torch.testing.assert_close(a, e)
