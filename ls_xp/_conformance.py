@@ -10,7 +10,10 @@ supports, one *cell* runs three checks:
   the same (rounded) inputs;
 - ``native``: the backend's own implementation where it has one: PyTorch's
   ``cross_entropy(label_smoothing=...)`` (loss and autograd gradient), optax's
-  ``softmax_cross_entropy(smooth_labels(...))`` on JAX.
+  ``softmax_cross_entropy(smooth_labels(...))`` on JAX;
+- ``linear``: :func:`ls_xp.linear_loss_and_grad` (the fused classifier matmul and loss, in
+  blocks of two rows) against the unfused loss of ``hidden @ classifier.T + bias`` on
+  NumPy float64 with the same (rounded) inputs: loss and the three gradients.
 
 The sweep proves that every backend, device and dtype computes what NumPy float64 computes;
 that the float64 values are right comes from the reference cases (exact values) and the
@@ -191,6 +194,57 @@ def check_native(tgt: _backends.Target, dname: str, dtype: Any, seeds: range) ->
     return out
 
 
+LINEAR_PROBLEMS = 3
+
+
+def _linear_problem(seed: int) -> dict[str, Any]:
+    """A small fused problem: every keyword, an ignored row, blocks that do not divide."""
+    rng = np.random.default_rng(1000 + seed)
+    n, d, v = 5 + seed, 8, 11 + 7 * seed
+    y = rng.integers(0, v, n)
+    y[1] = -100
+    return {
+        "arrays": (rng.normal(size=(n, d)), rng.normal(size=(v, d)) / math.sqrt(d), rng.normal(size=v),
+                   rng.uniform(0.5, 2.0, v)),
+        "target": y,
+        "options": {"reduction": ("mean", "sum", "none")[seed % 3],
+                    "convention": ("uniform", "others")[seed % 2], "chunk_size": 2},
+    }  # fmt: skip
+
+
+def check_linear(tgt: _backends.Target, dname: str, dtype: Any, seeds: range) -> list[dict[str, Any]]:
+    from ls_xp import _api
+
+    out = []
+    for seed in seeds:
+        prob = _linear_problem(seed)
+        h, w, b, weight = (_round_like(a, tgt, dtype) for a in prob["arrays"])
+        y, opts = prob["target"], prob["options"]
+        case = f"seed {seed} ({opts['reduction']}, {opts['convention']})"
+        try:
+            loss, g = _api.loss_and_grad(h @ w.T + b, y, 0.1, weight=weight, **opts)
+            want = (loss, g @ w, g.T @ h, g.sum(axis=0))
+            xp, dev = tgt.xp, tgt.device
+            args = [xp.asarray(a, dtype=dtype, device=dev) for a in (h, w, b, weight)]
+            got = _api.linear_loss_and_grad(
+                args[0],
+                args[1],
+                xp.asarray(y.astype(np.int32), device=dev),
+                0.1,
+                bias=args[2],
+                weight=args[3],
+                **opts,
+            )
+            err = max(
+                _relative(tgt.to_numpy(got[0]), want[0]),
+                *(_grad_error(tgt.to_numpy(a), e) for a, e in zip(got[1:], want[1:], strict=True)),
+            )
+            out.append({"check": "linear", "case": case, "error": err})
+        except Exception as exc:  # noqa: BLE001
+            out.append({"check": "linear", "case": case, "error": math.inf, "exception": repr(exc)})
+    return out
+
+
 def run(
     backends: list[str] | None = None,
     devices: list[str] | None = None,
@@ -222,6 +276,7 @@ def run(
             results = check_reference(tgt, dname, dtype)
             results += check_sweep(tgt, dname, dtype, range(sweep))
             results += check_native(tgt, dname, dtype, range(sweep))
+            results += check_linear(tgt, dname, dtype, range(min(sweep, LINEAR_PROBLEMS)))
             for r in results:
                 r["tolerance"] = tol["reference" if r["check"] == "reference" else "parity"]
                 r["pass"] = r["error"] <= r["tolerance"]
@@ -230,7 +285,7 @@ def run(
                 **cell,
                 "status": "pass" if all(r["pass"] for r in results) else "fail",
                 "worst_error": {c: max((r["error"] for r in results if r["check"] == c), default=None)
-                                for c in ("reference", "sweep", "native")},
+                                for c in ("reference", "sweep", "native", "linear")},
                 "worst": {k: worst[k] for k in ("check", "case", "error", "tolerance")},
                 "checks": len(results),
                 "failures": [r for r in results if not r["pass"]],
@@ -294,7 +349,8 @@ def format_matrix(report: dict[str, Any], dtypes: list[str]) -> str:
         lines.append(f"{target:{width}s}  " + "  ".join(cells))
     lines.append("")
     lines.append(
-        "cells: worst relative error of the cell's checks (reference cases, random sweep, native peer)"
+        "cells: worst relative error of the cell's checks (reference cases, random sweep, native peer, "
+        "fused linear)"
     )
     tols = report["tolerances"]
     tol = "; ".join(f"{d} {tols[d]['reference']:.0e} / {tols[d]['parity']:.0e}" for d in dtypes)
