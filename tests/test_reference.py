@@ -88,7 +88,9 @@ def test_cli_check_passes_and_reports_json():
     assert report["failed"] == 0
     cells = {c["dtype"]: c for c in report["cells"]}
     assert cells["float64"]["status"] == "pass" and cells["float32"]["status"] == "pass"
-    assert cells["float64"]["checks"] == len(reference.CASES) + 4  # reference cases + sweep
+    # reference cases + sweep + fused linear problems
+    assert cells["float64"]["checks"] == len(reference.CASES) + 4 + _conformance.LINEAR_PROBLEMS
+    assert cells["float64"]["worst_error"]["linear"] < 1e-12
     assert cells["bfloat16"]["status"] == "skipped" and "no bfloat16" in cells["bfloat16"]["reason"]
     table = _cli("check", "--backend", "numpy", "--backend", "cupy", "--sweep", "2")
     assert table.returncode == 0
@@ -127,7 +129,24 @@ def test_check_native_parity_runs_where_there_is_a_peer(backend):
     if backend == "numpy":
         assert cell["worst_error"]["native"] is None  # NumPy has no native implementation
     else:
-        assert cell["checks"] == len(reference.CASES) + 4 + 4
+        assert cell["checks"] == len(reference.CASES) + 4 + 4 + _conformance.LINEAR_PROBLEMS
+
+
+def test_check_reports_a_wrong_fused_linear_gradient_as_failure(monkeypatch):
+    """The linear check must be able to fail: scale the fused classifier gradient."""
+    from ls_xp import _api
+
+    real = _api.linear_loss_and_grad
+
+    def off(*args, **kw):
+        loss, gh, gw, gb = real(*args, **kw)
+        return loss, gh, gw * 1.001, gb
+
+    monkeypatch.setattr(_api, "linear_loss_and_grad", off)
+    report = _conformance.run(["numpy"], None, ["float64"], sweep=1)
+    cell = report["cells"][0]
+    assert cell["status"] == "fail"
+    assert {f["check"] for f in cell["failures"]} == {"linear"}
 
 
 def test_check_reports_a_wrong_value_as_failure(monkeypatch):
