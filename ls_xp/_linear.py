@@ -107,6 +107,36 @@ def _setup(
     bias = _checks.same_namespace(xp, dev, bias, "bias", like="hidden")
     target = _checks.same_namespace(xp, dev, target, "target", like="hidden")
     weight = _checks.same_namespace(xp, dev, weight, "weight", like="hidden")
+    h_shape, num_classes = _check_shapes(xp, hidden, classifier, bias, target)
+    convention = _checks.check_choice("convention", convention, _checks.CONVENTIONS)
+    reduction = _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
+    _checks.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
+    ignore = _checks.as_int(ignore_index, "ignore_index")
+    dt = xp.result_type(hidden.dtype, xp.float32)
+    eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
+    w = _class_weight(xp, weight, num_classes, dt, read)
+    y = xp.reshape(target, (-1,))
+    valid = y != ignore
+    bad = valid & ((y < 0) | (y >= num_classes))
+    if _checks.any_true(xp, bad, read):
+        raise ValueError(
+            f"target contains class index {_checks.first_value(xp, y, bad)}, outside "
+            f"[0, {num_classes}) and not ignore_index={ignore}"
+        )
+    total = _mean_denominator(xp, y, valid & ~bad, valid, w, dt) if reduction == "mean" else 1.0
+    # every row ignored: NaN loss, zero gradients (PyTorch's convention)
+    unit = _safe_divide(xp, 1.0, total, 0.0) if reduction == "mean" else 1.0
+    return Problem(
+        xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
+        convention, unit, total, h_shape[:-1], read, plan,
+    )  # fmt: skip
+
+
+def _check_shapes(
+    xp: ModuleType, hidden: Array, classifier: Array, bias: Array | None, target: Array
+) -> tuple[tuple[int, ...], int]:
+    """hidden (..., D), classifier (V, D), bias (V,), target ``hidden.shape[:-1]`` of
+    integers, one dtype: the shape of ``hidden`` and V, or an error naming the argument."""
     h_shape = _checks.check_known_shape(hidden, "hidden")
     if len(h_shape) < 1:
         raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
@@ -127,34 +157,17 @@ def _setup(
             f"shape {tuple(target.shape)} and dtype {target.dtype}; probability targets are not "
             "supported here: use cross_entropy(hidden @ classifier.T, target)"
         )
-    convention = _checks.check_choice("convention", convention, _checks.CONVENTIONS)
-    reduction = _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
-    _checks.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
-    ignore = _checks.as_int(ignore_index, "ignore_index")
-    dt = xp.result_type(hidden.dtype, xp.float32)
-    eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
-    w = _class_weight(xp, weight, num_classes, dt, read)
-    y = xp.reshape(target, (-1,))
-    valid = y != ignore
-    bad = valid & ((y < 0) | (y >= num_classes))
-    if _checks.any_true(xp, bad, read):
-        raise ValueError(
-            f"target contains class index {_checks.first_value(xp, y, bad)}, outside "
-            f"[0, {num_classes}) and not ignore_index={ignore}"
-        )
-    unit: float | Array = 1.0
-    total: float | Array = 1.0
-    if reduction == "mean":
-        if w is None:
-            total = xp.sum(xp.astype(valid, dt))
-        else:
-            w_y = xp.take(w, xp.where(valid & ~bad, y, 0), axis=0)
-            total = xp.sum(xp.where(valid, w_y, 0.0))
-        unit = _safe_divide(xp, 1.0, total, 0.0)  # every row ignored: NaN loss, zero gradients
-    return Problem(
-        xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
-        convention, unit, total, h_shape[:-1], read, plan,
-    )  # fmt: skip
+    return h_shape, num_classes
+
+
+def _mean_denominator(
+    xp: ModuleType, y: Array, usable: Array, valid: Array, w: Array | None, dt: Any
+) -> Array:
+    """sum_n w[y_n] over the rows not ignored (their count without weights), as the core's
+    ``"mean"``; rows with a bad index count with w[0] (their loss is NaN anyway)."""
+    if w is None:
+        return xp.sum(xp.astype(valid, dt))
+    return xp.sum(xp.where(valid, xp.take(w, xp.where(usable, y, 0), axis=0), 0.0))
 
 
 class BlockOut(NamedTuple):
@@ -299,13 +312,12 @@ def _evaluate_linear(
                 gh = xpx.at(gh, (sl, slice(None))).set(b.grad_hidden)
             gb = _accumulate(xp, gb, b.grad_bias)
         del b  # nothing of this block outlives it
-    if want_grad and n_rows == 0:  # no block ran
-        gh = xp.zeros((0, dim), dtype=p.hidden.dtype, device=dev) if wants[0] else None
-        gw = xp.zeros(p.classifier.shape, dtype=p.hidden.dtype, device=dev) if wants[1] else None
-        gb = None
-        if wants[2] and p.bias is not None:
-            gb = xp.zeros(p.bias.shape, dtype=p.hidden.dtype, device=dev)
-    if n_rows == 0:
+    if n_rows == 0:  # no block ran: zero gradients, no rows
+        like = (p.hidden, p.classifier, p.bias)
+        gh, gw, gb = (
+            xp.zeros(a.shape, dtype=a.dtype, device=dev) if want_grad and want and a is not None else None
+            for a, want in zip(like, wants, strict=True)
+        )
         rows.append(xp.zeros((0,), dtype=p.hidden.dtype, device=dev))
         eps_rows.append(rows[0])
     row = rows[0] if len(rows) == 1 else xp.concat(rows)

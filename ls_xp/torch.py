@@ -622,8 +622,8 @@ class _LinearCE(torch.autograd.Function):
             return (None,) * 8
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "ls_xp.linear_cross_entropy has no double backward (create_graph=True); for "
-                "second derivatives use ls_xp.cross_entropy(hidden @ classifier.T + bias, target)"
+                "ls_xp.linear_cross_entropy has no double backward (create_graph=True, also used by "
+                "torch.func.grad); use ls_xp.cross_entropy(hidden @ classifier.T + bias, target) there"
             )
         hidden, classifier, bias, target, weight, smooth_t = ctx.saved_tensors
         smoothing = smooth_t if ctx.smoothing is None else ctx.smoothing
