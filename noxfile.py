@@ -27,7 +27,7 @@ FRAMEWORKS = ("torch", "jax", "dask", "cupy", "array_api_strict")
 OLDEST = ["array-api-compat==1.12.0", "array-api-extra==0.8.0", "numpy==1.26.4"]
 
 NO_FOREIGN_IMPORTS = (
-    "import sys, ls_xp, ls_xp.reference, ls_xp._backends; "
+    "import sys, ls_xp, ls_xp.reference, ls_xp._tools.backends; "
     "bad = [m for m in {mods!r} if m in sys.modules]; "
     "assert not bad, f'importing ls_xp pulled in {{bad}}'; print('imports OK')"
 )

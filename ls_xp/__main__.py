@@ -2,6 +2,6 @@
 
 import sys
 
-from ls_xp.cli import main
+from ls_xp._tools.cli import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 Each case records its inputs, the parameters of the ls_xp call that reproduces it, the
 source it comes from, the values as the source prints them (``None`` where the source
 prints none) and the exact values, computed once with mpmath at 60 digits from the
-decimal inputs (``ls_xp._exact``) and stored here to 20 significant digits. The test
+decimal inputs (``ls_xp._tools.exact``) and stored here to 20 significant digits. The test
 suite recomputes them.
 
 >>> from ls_xp import reference
@@ -341,7 +341,7 @@ def compute_exact(case: ReferenceCase, digits: int = 20) -> Nested:
     """Recompute a case's exact values with mpmath (needs the ``mpmath`` package)."""
     import mpmath
 
-    from ls_xp import _exact
+    from ls_xp._tools import exact as _exact
 
     def fmt(v: Any) -> Any:
         if isinstance(v, list):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ls_xp._sweep import Problem, random_problem
+from ls_xp._tools.sweep import Problem, random_problem
 
 __all__ = ["NumpyXB", "Problem", "call", "random_problem", "torch_reference"]
 

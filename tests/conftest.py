@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ls_xp import _backends
+from ls_xp._tools import backends as _backends
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

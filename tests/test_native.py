@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ls_xp
-from ls_xp import _backends
+from ls_xp._tools import backends as _backends
 
 X = np.array([[0.3, -1.2, 2.0, 0.5], [1.0, 0.0, -0.5, 0.25], [-2.0, 1.5, 0.0, 0.1]])
 Y = np.array([2, 0, 3])
@@ -265,7 +265,7 @@ INF_CASES = [
 
 
 def _exact_inf(x, t, eps, conv, weight, reduction, log_probs, kl):
-    from ls_xp import _exact
+    from ls_xp._tools import exact as _exact
 
     target = t.tolist()
     loss, grad = _exact.evaluate(
@@ -314,7 +314,7 @@ def test_others_convention_keeps_full_accuracy_for_every_eps(xb, eps):
     """For eps > (K-1)/K, 1 - eps - eps/(K-1) < 0: the loss is assembled from non-negative
     terms anyway (the classes other than y are summed separately)."""
     pytest.importorskip("mpmath", reason="mpmath is not installed (the exact reference)")
-    from ls_xp import _exact
+    from ls_xp._tools import exact as _exact
 
     rng = np.random.default_rng(3)
     x = np.concatenate([np.array([[30.0, 0.0, 29.5], [0.0, 30.0, 30.0]]), rng.normal(size=(4, 3)) * 20])

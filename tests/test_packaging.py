@@ -35,12 +35,15 @@ sys.path.insert(0, {str(ROOT)!r})
 import ls_xp, ls_xp.reference
 bad = [m for m in ("torch", "jax", "dask", "cupy", "array_api_strict") if m in sys.modules]
 assert not bad, bad
+tools = [m for m in sys.modules if m.startswith("ls_xp._tools")]
+assert not tools, tools  # the library never imports the command's tooling
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_core_module_names_no_framework():
-    src = (ROOT / "ls_xp" / "_core.py").read_text(encoding="utf-8")
+@pytest.mark.parametrize("module", ["_core.py", "_linear.py"])
+def test_core_module_names_no_framework(module):
+    src = (ROOT / "ls_xp" / module).read_text(encoding="utf-8")
     for name in ("numpy", "torch", "jax", "dask", "cupy", "array_api_strict"):
         assert not re.search(rf"^\s*(import|from)\s+{name}\b", src, re.M), name
 

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from ls_xp import _conformance, cli, reference
+from ls_xp import reference
+from ls_xp._tools import cli
+from ls_xp._tools import conformance as _conformance
 
 
 @pytest.mark.parametrize("case", reference.CASES, ids=lambda c: c.name)

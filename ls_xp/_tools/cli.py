@@ -10,7 +10,7 @@ from typing import Any
 
 from ls_xp import __version__, reference
 
-# the backends `check` knows (ls_xp._backends.BACKEND_NAMES, which needs NumPy to import)
+# the backends `check` knows (ls_xp._tools.backends.BACKEND_NAMES, which needs NumPy to import)
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "dask", "cupy")
 
 
@@ -88,7 +88,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ImportError:
         print("ls-xp check compares results with NumPy: pip install 'ls_xp[numpy]'", file=sys.stderr)
         return 2
-    from ls_xp import _conformance
+    from ls_xp._tools import conformance as _conformance
 
     dtypes: list[str] = args.dtype or (["float32"] if args.quick else list(_conformance.DTYPES))
     if args.quick:
@@ -121,7 +121,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ls_xp import _bench
+    from ls_xp._tools import bench as _bench
 
     def progress(msg: str) -> None:
         if not args.json:

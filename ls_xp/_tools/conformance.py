@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ls_xp import _backends, _sweep, reference
+from ls_xp import reference
+from ls_xp._tools import backends as _backends
+from ls_xp._tools import sweep as _sweep
 
 # The one place where tolerances are stated: relative error, per dtype and check.
 # "reference" compares with exact values of the decimal inputs (input rounding included);

@@ -420,7 +420,7 @@ def measure(
 ) -> dict[str, Any]:
     dims = parse_size(size)
     call = f"_bench._worker({backend!r}, {impl!r}, {dims!r}, {repeats}, {dtype!r}, {device!r})"
-    code = f"import json, sys; from ls_xp import _bench; print(json.dumps({call}))"
+    code = f"import json, sys; from ls_xp._tools import bench as _bench; print(json.dumps({call}))"
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     result: dict[str, Any] = {
