@@ -2,7 +2,7 @@
 analytic gradient in one pass, no autodiff framework.
 
 The data are scikit-learn's handwritten digits (1797 images of 8 x 8 pixels) when
-scikit-learn is installed, otherwise ten synthetic Gaussian clusters of the same size.
+scikit-learn is installed, otherwise ten synthetic Gaussian clusters.
 
     python examples/train_numpy.py          # under a second on a 2-core CPU
 """
@@ -20,9 +20,9 @@ def load() -> tuple[np.ndarray, np.ndarray, str]:
         from sklearn.datasets import load_digits  # pyright: ignore[reportMissingImports]
     except ImportError:
         rng = np.random.default_rng(0)
-        centers = rng.normal(size=(10, 64)) * 2
-        labels = rng.integers(0, 10, 1797)
-        return centers[labels] + rng.normal(size=(1797, 64)), labels, "synthetic clusters"
+        centers = rng.normal(size=(10, 32)) * 2
+        labels = rng.integers(0, 10, 4096)
+        return centers[labels] + rng.normal(size=(4096, 32)), labels, "synthetic clusters"
     digits = load_digits()
     x = digits.data.astype(np.float64)
     return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8), digits.target, "scikit-learn digits"
