@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NEEDS = {"train_numpy.py": "numpy", "train_torch.py": "torch", "train_jax.py": "jax"}
+NEEDS = {
+    "train_numpy.py": "numpy",
+    "train_torch.py": "torch",
+    "train_torch_lm_head.py": "torch",
+    "train_jax.py": "jax",
+}
 
 
 @pytest.mark.parametrize("script", sorted(NEEDS))
