@@ -223,6 +223,16 @@ def _check_range(value: float, given: Any) -> None:
         raise ValueError(f"smoothing must be in [0, 1], got {given!r}")
 
 
+def check_chunk_size(value: Any) -> int | None:
+    """Rows per block: a positive integer, or None for the default."""
+    if value is None:
+        return None
+    rows = as_int(value, "chunk_size")
+    if rows < 1:
+        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {rows}")
+    return rows
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         allowed = ", ".join(repr(c) for c in choices)

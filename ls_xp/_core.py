@@ -267,6 +267,28 @@ def _class_weight(
     return w
 
 
+def _class_indices(
+    xp: ModuleType, y: Array, num_classes: int, ignore_index: int, read: bool
+) -> tuple[Array, Array]:
+    """(valid, bad) of flat class indices: not ignored, and out of [0, K). A bad index
+    raises where values may be ``read``; elsewhere its rows become NaN downstream."""
+    valid = y != ignore_index
+    bad = valid & ((y < 0) | (y >= num_classes))
+    if _checks.any_true(xp, bad, read):
+        value = _checks.first_value(xp, y, bad)
+        raise ValueError(
+            f"target contains class index {value}, outside [0, {num_classes}) "
+            f"and not ignore_index={ignore_index}"
+        )
+    return valid, bad
+
+
+def _total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
+    """The ``"mean"`` denominator of class indices: sum_n w[y_n] over the rows not ignored
+    (their count without weights)."""
+    return xp.sum(xp.astype(valid, dtype) if w_y is None else xp.where(valid, w_y, 0.0))
+
+
 def _class_mask(xp: ModuleType, where: Array | None, shape: tuple[int, ...], axis: int) -> Array | None:
     """``where`` broadcast to the logits and laid out as (N, K).
 
@@ -407,10 +429,7 @@ def _evaluate(
     )  # fmt: skip
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     ignore = _checks.as_int(ignore_index, "ignore_index")
-    if chunk_size is not None:
-        chunk_size = _checks.as_int(chunk_size, "chunk_size")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size}")
+    chunk_size = _checks.check_chunk_size(chunk_size)
     overwrite = _checks.as_bool(overwrite_logits, "overwrite_logits")
     num_classes = shape[ax]
     _checks.check_num_classes(num_classes, spec.convention, "number of classes (logits.shape[axis])")
@@ -498,14 +517,7 @@ def _rows(
         return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, classes)
 
     y = _astype(xp, xp.reshape(target, (-1,)), classes.dtype)
-    valid = y != ignore_index
-    bad = valid & ((y < 0) | (y >= num_classes))
-    if _checks.any_true(xp, bad, sp.read):
-        value = _checks.first_value(xp, y, bad)
-        raise ValueError(
-            f"target contains class index {value}, outside [0, {num_classes}) "
-            f"and not ignore_index={ignore_index}"
-        )
+    valid, bad = _class_indices(xp, y, num_classes, ignore_index, sp.read)
     if m is not None:
         bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
         if _checks.any_true(xp, bad, sp.read):
@@ -513,7 +525,7 @@ def _rows(
             raise ValueError(f"target class {value} is masked out by where")
     y = xp.where(valid & ~bad, y, 0)  # safe to gather with
     w_y = None if w is None else xp.take(w, y, axis=0)
-    total_weight = xp.sum(xp.astype(valid, dt) if w_y is None else xp.where(valid, w_y, 0.0))
+    total_weight = _total_weight(xp, valid, w_y, dt)
     unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
     factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
     return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight, classes)

@@ -38,7 +38,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as get_device
 
 from ls_xp import _checks
-from ls_xp._core import _astype, _class_weight, _evaluate, _safe_divide
+from ls_xp._core import _astype, _class_indices, _class_weight, _evaluate, _safe_divide, _total_weight
 
 Array = Any
 
@@ -74,7 +74,6 @@ class Problem:
     reduction: str
     ignore_index: int
     convention: str
-    unit: float | Array  # the factor of the summed rows: 1, or 1 / (the "mean" denominator)
     total: float | Array  # the "mean" denominator (1 for the other reductions)
     batch_shape: tuple[int, ...]
     read: bool
@@ -116,19 +115,15 @@ def _setup(
     eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
     w = _class_weight(xp, weight, num_classes, dt, read)
     y = xp.reshape(target, (-1,))
-    valid = y != ignore
-    bad = valid & ((y < 0) | (y >= num_classes))
-    if _checks.any_true(xp, bad, read):
-        raise ValueError(
-            f"target contains class index {_checks.first_value(xp, y, bad)}, outside "
-            f"[0, {num_classes}) and not ignore_index={ignore}"
+    valid, bad = _class_indices(xp, y, num_classes, ignore, read)
+    total: float | Array = 1.0
+    if reduction == "mean":  # rows with a bad index count with w[0]: their loss is NaN anyway
+        total = _total_weight(
+            xp, valid, None if w is None else xp.take(w, xp.where(valid & ~bad, y, 0), axis=0), dt
         )
-    total = _mean_denominator(xp, y, valid & ~bad, valid, w, dt) if reduction == "mean" else 1.0
-    # every row ignored: NaN loss, zero gradients (PyTorch's convention)
-    unit = _safe_divide(xp, 1.0, total, 0.0) if reduction == "mean" else 1.0
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
-        convention, unit, total, h_shape[:-1], read, plan,
+        convention, total, h_shape[:-1], read, plan,
     )  # fmt: skip
 
 
@@ -158,16 +153,6 @@ def _check_shapes(
             "supported here: use cross_entropy(hidden @ classifier.T, target)"
         )
     return h_shape, num_classes
-
-
-def _mean_denominator(
-    xp: ModuleType, y: Array, usable: Array, valid: Array, w: Array | None, dt: Any
-) -> Array:
-    """sum_n w[y_n] over the rows not ignored (their count without weights), as the core's
-    ``"mean"``; rows with a bad index count with w[0] (their loss is NaN anyway)."""
-    if w is None:
-        return xp.sum(xp.astype(valid, dt))
-    return xp.sum(xp.where(valid, xp.take(w, xp.where(usable, y, 0), axis=0), 0.0))
 
 
 class BlockOut(NamedTuple):
@@ -247,10 +232,8 @@ def block_rows(p: Problem, chunk_size: Any = None) -> int:
     the hundreds. On an accelerator each block is a fixed number of launches, so the
     blocks are larger there."""
     n_rows, num_classes = p.hidden.shape[0], p.classifier.shape[0]
-    if chunk_size is not None:
-        rows = _checks.as_int(chunk_size, "chunk_size")
-        if rows < 1:
-            raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size}")
+    rows = _checks.check_chunk_size(chunk_size)
+    if rows is not None:
         return rows
     if not _checks.is_concrete(p.hidden):
         return max(n_rows, 1)
@@ -346,6 +329,8 @@ def finish(
     """The reduction of the per-row losses (and eps-derivatives), and the gradients
     scaled by the "mean" factor and shaped like their arrays."""
     xp, dtype = p.xp, p.hidden.dtype
+    # the factor of the summed rows; every row ignored: NaN loss, zero gradients (PyTorch's)
+    unit = _safe_divide(xp, 1.0, p.total, 0.0) if p.reduction == "mean" else 1.0
 
     def _reduce(r: Array | None, at_zero: float) -> Array | None:
         if r is None:
@@ -355,11 +340,11 @@ def finish(
         elif p.reduction == "sum":
             out = xp.sum(r)
         else:  # sum / denominator; NaN loss and zero derivatives when it is 0
-            out = xp.sum(r) * p.unit if at_zero == 0.0 else _safe_divide(xp, xp.sum(r), p.total, at_zero)
+            out = xp.sum(r) * unit if at_zero == 0.0 else _safe_divide(xp, xp.sum(r), p.total, at_zero)
         return _astype(xp, out, dtype)
 
     def _scaled(g: Array | None) -> Array | None:
-        return None if g is None else _astype(xp, g * p.unit, dtype)
+        return None if g is None else _astype(xp, g * unit, dtype)
 
     if grad_hidden is not None:
         grad_hidden = xp.reshape(grad_hidden, (*p.batch_shape, p.hidden.shape[1]))

@@ -30,6 +30,14 @@ def _is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero) or getattr(t, "dtype", None) == jax.dtypes.float0
 
 
+def _checked_smoothing(x: Any, smoothing: Any) -> Any:
+    """Python numbers are checked here, before tracing (a float); a concrete JAX array only on
+    the CPU plan (reading it back from an accelerator would be a host synchronisation)."""
+    if not isinstance(smoothing, jax.Array) or (_checks.plan(x) == "cpu" and _checks.is_concrete(smoothing)):
+        return _checks.check_smoothing(None, smoothing)
+    return smoothing
+
+
 def _options(kl: bool, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     opts = {"kl": kl, "reduction": "mean", "axis": -1, **options}
     return tuple(sorted(opts.items()))
@@ -108,9 +116,7 @@ def loss(
     Python numbers are checked here, before tracing; a concrete JAX array only on the CPU
     plan (reading it back from an accelerator would be a host synchronisation).
     """
-    on_cpu = _checks.plan(logits) == "cpu"
-    if not isinstance(smoothing, jax.Array) or (on_cpu and _checks.is_concrete(smoothing)):
-        smoothing = _checks.check_smoothing(None, smoothing)
+    smoothing = _checked_smoothing(logits, smoothing)
     xp, dev = array_namespace(logits), device(logits)
     target, weight, where = _checks.inputs_like(xp, dev, target, weight, where)
     return _loss(logits, target, weight, where, smoothing, _options(kl, options))
@@ -234,9 +240,7 @@ def _linear_args(
 ) -> tuple[Any, ...]:
     """Arrays converted to JAX's, smoothing checked (as in :func:`loss`) and the static
     options as a hashable tuple; a Python-number smoothing is static too."""
-    on_cpu = _checks.plan(hidden) == "cpu"
-    if not isinstance(smoothing, jax.Array) or (on_cpu and _checks.is_concrete(smoothing)):
-        smoothing = _checks.check_smoothing(None, smoothing)
+    smoothing = _checked_smoothing(hidden, smoothing)
     xp, dev = array_namespace(hidden), device(hidden)
     classifier, bias, target, weight = (
         _checks.same_namespace(xp, dev, a, name, like="hidden")

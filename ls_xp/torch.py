@@ -54,14 +54,19 @@ def _requires_grad(a: Any) -> bool:
     return bool(getattr(a, "requires_grad", False))
 
 
-def wants_autograd(logits: torch.Tensor, target: Any, weight: Any, smoothing: Any = None) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    if _requires_grad(weight):
+def _refuse_weight_grad(weight: Any) -> None:
+    """Class weights that require grad: an error, never a silently dropped gradient."""
+    if torch.is_grad_enabled() and _requires_grad(weight):
         raise NotImplementedError(
             "ls_xp: the gradient with respect to weight is not implemented (as in PyTorch); "
             "pass weight.detach()"
         )
+
+
+def wants_autograd(logits: torch.Tensor, target: Any, weight: Any, smoothing: Any = None) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    _refuse_weight_grad(weight)
     return _requires_grad(logits) or _requires_grad(target) or _requires_grad(smoothing)
 
 
@@ -223,6 +228,29 @@ def _is_one(scale: torch.Tensor) -> bool:
 _EMPTY = (0,)
 
 
+def _op_scalars(smoothing: Any, opts: dict[str, Any]) -> tuple[torch.Tensor | None, float, int, int]:
+    """What the operators take for smoothing, ``chunk_size`` and ``check_values``: a tensor
+    smoothing or None with the float, and ints (0: the default block; -1: the plan decides)."""
+    tensor_eps = isinstance(smoothing, torch.Tensor)
+    check = opts.get("check_values")
+    return (
+        smoothing if tensor_eps else None,
+        0.0 if tensor_eps else float(smoothing),
+        int(opts.get("chunk_size") or 0),
+        -1 if check is None else int(check),
+    )
+
+
+def _op_options(
+    reduction: str, ignore_index: int, convention: str, chunk_size: int, check: int
+) -> dict[str, Any]:
+    """The core's keywords from an operator's arguments (the inverse of :func:`_op_scalars`)."""
+    return {
+        "reduction": reduction, "ignore_index": ignore_index, "convention": convention,
+        "chunk_size": chunk_size or None, "check_values": None if check < 0 else bool(check),
+    }  # fmt: skip
+
+
 @torch.library.custom_op("ls_xp::label_smoothed_ce", mutates_args=())
 def _ce_op(
     logits: torch.Tensor,
@@ -241,11 +269,11 @@ def _ce_op(
     chunk_size: int,
     check_values: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    options = _op_options(reduction, ignore_index, convention, chunk_size, check_values)
     res = _core._evaluate(
-        logits, target, eps if smoothing is None else smoothing, reduction=reduction, weight=weight,
-        ignore_index=ignore_index, axis=axis, convention=convention, where=where, log_probs=log_probs,
-        kl=kl, want_grad=needs[0], want_target_grad=needs[1], want_smoothing_grad=needs[2],
-        chunk_size=chunk_size or None, check_values=None if check_values < 0 else bool(check_values),
+        logits, target, eps if smoothing is None else smoothing, weight=weight, axis=axis, where=where,
+        log_probs=log_probs, kl=kl, want_grad=needs[0], want_target_grad=needs[1],
+        want_smoothing_grad=needs[2], **options,
     )  # fmt: skip
     assert res.loss is not None
     outs = (res.loss, res.grad, res.target_grad, res.smoothing_grad)
@@ -316,14 +344,11 @@ def _compiled_loss(
     needs: tuple[bool, bool, bool],
 ) -> torch.Tensor:
     """The loss as the opaque operator (under torch.compile / torch.export)."""
-    tensor_eps = isinstance(smoothing, torch.Tensor)
-    check = opts.get("check_values")
+    smooth_t, eps, chunk, check = _op_scalars(smoothing, opts)
     return _ce_op(
-        logits, target, weight, where,
-        smoothing if tensor_eps else None, 0.0 if tensor_eps else float(smoothing),
+        logits, target, weight, where, smooth_t, eps,
         opts.get("reduction", "mean"), int(opts.get("ignore_index", -100)), int(opts.get("axis", -1)),
-        opts.get("convention", "uniform"), bool(opts.get("log_probs", False)), kl, list(needs),
-        int(opts.get("chunk_size") or 0), -1 if check is None else int(check),
+        opts.get("convention", "uniform"), bool(opts.get("log_probs", False)), kl, list(needs), chunk, check,
     )[0]  # fmt: skip
 
 
@@ -425,8 +450,7 @@ def _check_options(
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     _checks.as_int(ignore_index, "ignore_index")
     _checks.check_choice("convention", convention, _checks.CONVENTIONS)
-    if chunk_size is not None and _checks.as_int(chunk_size, "chunk_size") < 1:
-        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {chunk_size!r}")
+    _checks.check_chunk_size(chunk_size)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -628,7 +652,7 @@ class _LinearCE(torch.autograd.Function):
         hidden, classifier, bias, target, weight, smooth_t = ctx.saved_tensors
         smoothing = smooth_t if ctx.smoothing is None else ctx.smoothing
         per_row = ctx.opts["reduction"] == "none"
-        grads, owned = ctx.grads, True
+        grads = ctx.grads
         if grads is None and any(ctx.needs[:3]):  # "none", or a second backward (retain_graph)
             res = _linear._evaluate_linear(
                 hidden, classifier, target, smoothing, bias=bias, weight=weight, want_loss=False,
@@ -641,7 +665,7 @@ class _LinearCE(torch.autograd.Function):
             grads = (None, None, None)
         elif not per_row:
             look = _checks.plan(hidden) == "cpu"
-            grads = tuple(_scaled(g, grad_out, owned, look) for g in grads)
+            grads = tuple(_scaled(g, grad_out, True, look) for g in grads)  # ours: computed for this call
         d_smooth = None if ctx.dsmooth is None else torch.sum(grad_out * ctx.dsmooth)
         return (*grads, None, None, d_smooth, None, None)
 
@@ -678,9 +702,8 @@ def linear_loss(
     tensors = [_as_tensor(hidden, a, n) for a, n in ((classifier, "classifier"), (bias, "bias"),
                                                       (target, "target"), (weight, "weight"))]  # fmt: skip
     classifier, bias, target, weight = tensors
+    _refuse_weight_grad(weight)
     grad_mode = torch.is_grad_enabled()
-    if grad_mode and _requires_grad(weight):
-        wants_autograd(hidden, target, weight)  # raises: no gradient for class weights
     needs = (
         grad_mode and _requires_grad(hidden),
         grad_mode and _requires_grad(classifier),
@@ -727,15 +750,6 @@ def _linear_op(
     )  # fmt: skip
     outs = (res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad)
     return tuple(hidden.new_empty(_EMPTY) if o is None else o.contiguous() for o in outs)  # type: ignore[return-value]
-
-
-def _op_options(
-    reduction: str, ignore_index: int, convention: str, chunk_size: int, check: int
-) -> dict[str, Any]:
-    return {
-        "reduction": reduction, "ignore_index": ignore_index, "convention": convention,
-        "chunk_size": chunk_size or None, "check_values": None if check < 0 else bool(check),
-    }  # fmt: skip
 
 
 @_linear_op.register_fake
@@ -872,13 +886,10 @@ def _compiled_linear_loss(
     needs: tuple[bool, bool, bool, bool],
 ) -> torch.Tensor:
     """The fused loss as the opaque operator (under torch.compile / torch.export)."""
-    tensor_eps = isinstance(smoothing, torch.Tensor)
-    check = opts.get("check_values")
+    smooth_t, eps, chunk, check = _op_scalars(smoothing, opts)
     return _linear_op(
-        hidden, classifier, bias, target, weight, smoothing if tensor_eps else None,
-        0.0 if tensor_eps else float(smoothing), opts.get("reduction", "mean"),
-        int(opts.get("ignore_index", -100)), opts.get("convention", "uniform"), list(needs),
-        int(opts.get("chunk_size") or 0), -1 if check is None else int(check),
+        hidden, classifier, bias, target, weight, smooth_t, eps, opts.get("reduction", "mean"),
+        int(opts.get("ignore_index", -100)), opts.get("convention", "uniform"), list(needs), chunk, check,
     )[0]  # fmt: skip
 
 
