@@ -90,6 +90,8 @@ def _weighted(xp: ModuleType, coef: float | Array | None, v: float | Array) -> A
     if coef is None:
         return v
     if isinstance(coef, float):
+        if coef == 1.0:
+            return v
         if coef != 0.0:
             return coef * v
         return 0.0 if isinstance(v, float) else xp.zeros_like(v)
@@ -114,6 +116,10 @@ def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero
     """num / den, with ``at_zero`` where den == 0 (and no floating-point warning)."""
     if isinstance(den, float):
         return num / den if den != 0 else num * 0.0 + at_zero
+    if at_zero == 0.0 or math.isnan(at_zero):
+        # a zero denominator replaced by inf (finite num / inf = 0) or by NaN: three
+        # operations instead of four, for the launches on an accelerator
+        return num / xp.where(den != 0, den, math.inf if at_zero == 0.0 else math.nan)
     nonzero = den != 0
     return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), at_zero)
 
@@ -138,50 +144,49 @@ def _scatters_in_place(xp: ModuleType) -> bool:
 class _Picks:
     """How a block of shape (n, K) reads and writes one entry per row, ``[i, cols[i]]``.
 
-    ``offsets`` (``arange(n) * K``) turns columns into flat indices of the (n*K,) view,
-    used for gathers and, on eager mutable arrays, for in-place scatters. ``dense`` picks
-    with boolean masks ``classes == cols[:, None]`` instead: for lazy or immutable arrays
-    (JAX, Dask, array-api-strict), where a comparison fuses into the elementwise passes
-    under a compiler and a scatter would not.
+    On eager mutable arrays the entries are addressed by the index pair ``(rows, cols)``
+    with ``rows = arange(n)``: one gather or one in-place scatter each, with no flat view
+    and no index arithmetic. ``dense`` picks with boolean masks ``classes == cols[:, None]``
+    instead: for lazy or immutable arrays (JAX, Dask, array-api-strict), where a comparison
+    fuses into the elementwise passes under a compiler and a scatter would not.
     """
 
-    offsets: Array
-    classes: Array
+    rows: Array
+    classes: Array | None  # arange(K), for the dense picks
     dense: bool
 
 
-def _at(pk: _Picks, cols: Array) -> Array:
-    """Where the entries [i, cols[i]] lie: flat indices, or a boolean (n, K) mask."""
-    return pk.classes == cols[:, None] if pk.dense else pk.offsets + cols
+def _at(pk: _Picks, cols: Array) -> Any:
+    """Where the entries [i, cols[i]] lie: an index pair, or a boolean (n, K) mask."""
+    return pk.classes == cols[:, None] if pk.dense else (pk.rows, cols)
 
 
 def _take_per_row(xp: ModuleType, a: Array, pk: _Picks, cols: Array) -> Array:
     """``a[i, cols[i]]`` for every row i, shape (n,).
 
-    Eager mutable arrays index directly (one gather; the indices are in range by
-    construction, so ``take``'s wrapping of negative indices, three more operations on
-    PyTorch, is not needed); the others use ``take``.
+    Eager mutable arrays index directly with the pair (one gather; the indices are in
+    range by construction, so ``take``'s wrapping of negative indices, three more
+    operations on PyTorch, is not needed); the others ``take`` from the flat view.
     """
-    flat = xp.reshape(a, (-1,))
-    return xp.take(flat, pk.offsets + cols) if pk.dense else flat[pk.offsets + cols]
+    if not pk.dense:
+        return a[pk.rows, cols]
+    return xp.take(xp.reshape(a, (-1,)), pk.rows * a.shape[-1] + cols)
 
 
 def _put_per_row(
-    xp: ModuleType, g: Array, at: Array, values: float | Array, *, add: bool, inplace: bool
+    xp: ModuleType, g: Array, at: Any, values: float | Array, *, add: bool, inplace: bool
 ) -> Array:
     """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = _at(pk, cols)``.
 
-    In place where ``g`` is ours (``inplace``) and ``at`` holds indices; a boolean mask
+    In place where ``g`` is ours (``inplace``) and ``at`` is an index pair; a boolean mask
     ``at`` gives an elementwise select.
     """
-    if at.ndim == 2:
+    if not isinstance(at, tuple):
         v = _col(xp, values)
         return xp.where(at, g + v if add else v, g)
-    n, num_classes = g.shape
-    pos = xpx.at(xp.reshape(g, (-1,)), at)
+    pos = xpx.at(g, at)
     copy = None if inplace else True
-    flat = pos.add(values, copy=copy, xp=xp) if add else pos.set(values, copy=copy, xp=xp)
-    return xp.reshape(flat, (n, num_classes))
+    return pos.add(values, copy=copy, xp=xp) if add else pos.set(values, copy=copy, xp=xp)
 
 
 def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
@@ -217,7 +222,7 @@ def _log_softmax_parts(
         last = xm.shape[-1] - 1  # also where a NaN row points
         top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1)
     else:
-        top = _astype(xp, xp.argmax(xm, axis=-1), pk.offsets.dtype)  # some devices lack int64
+        top = _astype(xp, xp.argmax(xm, axis=-1), pk.rows.dtype)  # some devices lack int64
         x_max = _take_per_row(xp, xm, pk, top)[:, None]
     z = xm - x_max
     top_at = _at(pk, top)
@@ -269,18 +274,20 @@ def _class_weight(
 
 def _class_indices(
     xp: ModuleType, y: Array, num_classes: int, ignore_index: int, read: bool
-) -> tuple[Array, Array]:
-    """(valid, bad) of flat class indices: not ignored, and out of [0, K). A bad index
-    raises where values may be ``read``; elsewhere its rows become NaN downstream."""
+) -> tuple[Array, Array, Array]:
+    """(valid, bad, out) of flat class indices: not ignored, not ignored and out of
+    [0, K), and out of [0, K). A bad index raises where values may be ``read``; elsewhere
+    its rows become NaN downstream. ``where(out, 0, y)`` is safe to gather with."""
     valid = y != ignore_index
-    bad = valid & ((y < 0) | (y >= num_classes))
+    out = (y < 0) | (y >= num_classes)
+    bad = valid & out
     if _checks.any_true(xp, bad, read):
         value = _checks.first_value(xp, y, bad)
         raise ValueError(
             f"target contains class index {value}, outside [0, {num_classes}) "
             f"and not ignore_index={ignore_index}"
         )
-    return valid, bad
+    return valid, bad, out
 
 
 def _total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
@@ -380,7 +387,7 @@ class _Rows:
     w_sum: Array | None
     factor: float | Array  # the reduction's factor of each row (NaN at bad rows)
     total_weight: float | Array  # the "mean" denominator
-    classes: Array  # arange(K)
+    classes: Array | None  # arange(K) where a mask needs it, else made by the blocks if needed
 
 
 def _evaluate(
@@ -496,39 +503,50 @@ def _rows(
             f"ignore_index={ignore_index} is not supported with class-probability targets "
             "(as in PyTorch); leave it negative"
         )
-    x = xp.reshape(_move_axis(xp, logits, ax, -1), (-1, num_classes))  # a view where possible
+    x = _as_rows(xp, logits, ax)
     n_rows = x.shape[0]
     w = _class_weight(xp, weight, num_classes, dt, sp.read)
     m = _class_mask(xp, where, shape, ax)
-    classes = xp.arange(num_classes, device=dev)
+    index_dtype = xpx.default_dtype(xp, "indexing", device=dev)
+    classes = None if m is None else xp.arange(num_classes, device=dev)
     w_sum = None if w is None else xp.sum(w)
     if m is not None:
         need = 2 if sp.convention == "others" and not _is_zero(sp.eps) else 1
-        few = xp.sum(xp.astype(m, classes.dtype), axis=-1, dtype=classes.dtype) < need
+        few = xp.sum(xp.astype(m, index_dtype), axis=-1, dtype=index_dtype) < need
         if _checks.any_true(xp, few, sp.read):
             raise ValueError(
                 f"where leaves fewer than {need} allowed class(es) in some row"
                 + (' (convention="others" needs two)' if need == 2 else "")
             )
     if soft:
-        t = xp.reshape(_move_axis(xp, target, ax, -1), (-1, num_classes))
+        t = _as_rows(xp, target, ax)
         total = float(n_rows)
         factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
         return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, classes)
 
-    y = _astype(xp, xp.reshape(target, (-1,)), classes.dtype)
-    valid, bad = _class_indices(xp, y, num_classes, ignore_index, sp.read)
+    y = _astype(xp, target if target.ndim == 1 else xp.reshape(target, (-1,)), index_dtype)
+    valid, bad, out = _class_indices(xp, y, num_classes, ignore_index, sp.read)
     if m is not None:
+        assert classes is not None
         bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
         if _checks.any_true(xp, bad, sp.read):
             value = _checks.first_value(xp, y, bad)
             raise ValueError(f"target class {value} is masked out by where")
-    y = xp.where(valid & ~bad, y, 0)  # safe to gather with
+    y = xp.where(out, 0, y)  # safe to gather with (ignored and bad rows are masked later)
     w_y = None if w is None else xp.take(w, y, axis=0)
-    total_weight = _total_weight(xp, valid, w_y, dt)
-    unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else 1.0
-    factor = xp.where(bad, math.nan, xp.astype(valid, dt) * unit)
+    counted = xp.astype(valid, dt)  # the rows that count, 1 or 0
+    total_weight = xp.sum(counted if w_y is None else xp.where(valid, w_y, 0.0))
+    unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else None
+    factor = xp.where(bad, math.nan, counted if unit is None else counted * unit)
     return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight, classes)
+
+
+def _as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
+    """``a`` laid out as (N, K) with the classes last (a view where possible; no operation
+    at all when it already is)."""
+    if a.ndim == 2 and ax == 1:
+        return a
+    return xp.reshape(_move_axis(xp, a, ax, -1), (-1, a.shape[ax]))
 
 
 def _blocks(
@@ -547,7 +565,10 @@ def _blocks(
             empty if sp.want_target_grad else None,
         )
     dense = not (_scatters_in_place(xp) and _checks.is_concrete(rw.x))
-    offsets = xp.arange(min(step, n_rows), device=dev) * num_classes
+    rows = xp.arange(min(step, n_rows), device=dev)
+    classes = rw.classes
+    if dense and classes is None:
+        classes = xp.arange(num_classes, device=dev)
 
     def _fill(buf: Any, sl: slice, block: Any) -> Any:
         """Write a block's rows into ``buf`` (allocated on first use), in place if possible."""
@@ -569,7 +590,7 @@ def _blocks(
             y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
             valid=_sl(rw.valid, sl), bad=_sl(rw.bad, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
-            pk=_Picks(offsets[: sl.stop - lo], rw.classes, dense),
+            pk=_Picks(rows if sl.stop - lo == rows.shape[0] else rows[: sl.stop - lo], classes, dense),
         )  # fmt: skip
         if step < n_rows or grad_buf is not None:  # several blocks: fill the whole arrays
             grad_buf = _fill(grad_buf, sl, b.grad)
@@ -858,7 +879,7 @@ def _index_grad(
     q_y, a, b = coefs  # q = a onehot + b on allowed classes, q_y = a + b
     r = _col(xp, factor)  # an array on this path
     wy_c, q_y_c = _col(xp, wy), _col(xp, q_y)
-    off = b * r * (1.0 if cw is None else cw) if smoothing else None  # the b w_c r part
+    off = (b * r if cw is None else b * r * cw) if smoothing else None  # the b w_c r part
     on = _col(xp, _row(xp, a) * wy) * r  # the rest of w_y q_y r, at y
     if sp.log_probs:
         base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
@@ -867,10 +888,10 @@ def _index_grad(
     assert ls.s is not None and ls.top is not None
     others = b * (s_w - wy_c)  # b times the weight of the classes other than y
     q_w_r = (q_y_c * wy_c + others) * r
-    norm = 1.0 + ls.s
-    # e q_w r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
+    scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
+    # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below
-    g = _scale_shift(xp, ls.e, q_w_r / norm, off, inplace=sp.inplace and not pk.dense)
+    g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
     g = _put_per_row(xp, g, y_at, -_row(xp, on), add=True, inplace=sp.inplace)
     if smoothing:
         if cw is None:
@@ -885,7 +906,7 @@ def _index_grad(
     if isinstance(elsewhere, float):  # where() needs one array among its values
         elsewhere = xp.asarray(elsewhere, dtype=sp.dtype, device=get_device(ls.z))
     q_top = xp.where((ls.top == y)[:, None], at_y, elsewhere)
-    top_val = q_top * r - q_w_r * (ls.s / norm)
+    top_val = q_top * r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
     return _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
 
 

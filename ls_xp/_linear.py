@@ -115,11 +115,11 @@ def _setup(
     eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
     w = _class_weight(xp, weight, num_classes, dt, read)
     y = xp.reshape(target, (-1,))
-    valid, bad = _class_indices(xp, y, num_classes, ignore, read)
+    valid, _, out = _class_indices(xp, y, num_classes, ignore, read)
     total: float | Array = 1.0
     if reduction == "mean":  # rows with a bad index count with w[0]: their loss is NaN anyway
         total = _total_weight(
-            xp, valid, None if w is None else xp.take(w, xp.where(valid & ~bad, y, 0), axis=0), dt
+            xp, valid, None if w is None else xp.take(w, xp.where(out, 0, y), axis=0), dt
         )
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
