@@ -118,9 +118,7 @@ def _setup(
     valid, _, out = _class_indices(xp, y, num_classes, ignore, read)
     total: float | Array = 1.0
     if reduction == "mean":  # rows with a bad index count with w[0]: their loss is NaN anyway
-        total = _total_weight(
-            xp, valid, None if w is None else xp.take(w, xp.where(out, 0, y), axis=0), dt
-        )
+        total = _total_weight(xp, valid, None if w is None else xp.take(w, xp.where(out, 0, y), axis=0), dt)
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
         convention, total, h_shape[:-1], read, plan,
