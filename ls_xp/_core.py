@@ -208,13 +208,13 @@ def _astype(xp: ModuleType, a: Array, dtype: Any) -> Array:
 
 def _log_softmax_parts(
     xp: ModuleType, x: Array, mask: Array | None, pk: _Picks, inplace: bool
-) -> tuple[Array, Array, Array, Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array, Any]:
     """Shifted logits z = x - max, exp(z) but 0 at the maximum, and s with
     lse(x) = max + log1p(s), per row.
 
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
-    Returns (z, e, s, top, where top lies, the row maxima as a column).
+    Returns (z, e, s, top, where top lies); s has shape (n,).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
     if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
@@ -227,8 +227,8 @@ def _log_softmax_parts(
     z = xm - x_max
     top_at = _at(pk, top)
     e = _put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
-    s = xp.sum(e, axis=-1, keepdims=True)
-    return z, e, s, top, top_at, x_max
+    s = xp.sum(e, axis=-1)
+    return z, e, s, top, top_at
 
 
 def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
@@ -688,7 +688,7 @@ def _block(
     if t is not None:
         return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
     assert y is not None and valid is not None and bad is not None
-    return _index_block(xp, sp, ls, x, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
+    return _index_block(xp, sp, ls, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
 
 
 @dataclass(frozen=True)
@@ -700,19 +700,18 @@ class _LogSoftmax:
 
     z: Array
     z_is_ours: bool  # a fresh array that may be written in place
-    l1: float | Array  # (n, 1)
+    l1: float | Array  # (n,)
     e: Array | None = None  # exp(z), 0 at the first maximum
-    s: Array | None = None  # sum of e, (n, 1)
+    s: Array | None = None  # sum of e, (n,)
     top: Array | None = None  # the first maximum's column
-    top_at: Array | None = None
-    x_max: Array | None = None
+    top_at: Any = None
 
     @staticmethod
     def of(xp: ModuleType, sp: _Spec, x: Array, m: Array | None, pk: _Picks) -> _LogSoftmax:
         if sp.log_probs:
             return _LogSoftmax(z=x if m is None else xp.where(m, x, 0.0), z_is_ours=m is not None, l1=0.0)
-        z, e, s, top, top_at, x_max = _log_softmax_parts(xp, x, m, pk, sp.inplace)
-        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at, x_max)
+        z, e, s, top, top_at = _log_softmax_parts(xp, x, m, pk, sp.inplace)
+        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at)
 
 
 def _soft_block(
@@ -734,7 +733,7 @@ def _soft_block(
     if m is not None:
         q = xp.where(m, q, 0.0)
     wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
-    nlp = ls.l1 - ls.z  # -log p
+    nlp = _col(xp, ls.l1) - ls.z  # -log p
     row = xp.sum(_weighted(xp, wq, nlp), axis=-1)
     if sp.kl:
         row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
@@ -755,9 +754,10 @@ def _soft_block(
             g = -wq * r
         else:
             assert ls.s is not None and ls.e is not None
-            norm = 1.0 + ls.s
+            s = _col(xp, ls.s)
+            norm = 1.0 + s
             wq_top = _take_per_row(xp, wq, pk, ls.top)[:, None]
-            top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
+            top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
             g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
             g = _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
     if sp.want_target_grad:
@@ -772,7 +772,6 @@ def _index_block(
     xp: ModuleType,
     sp: _Spec,
     ls: _LogSoftmax,
-    x: Array,
     y: Array,
     valid: Array,
     bad: Array,
@@ -799,10 +798,9 @@ def _index_block(
     q_y = (1.0 - eps) + b_n if uniform else 1.0 - eps
     wy = 1.0 if w_y is None else w_y
     y_at = _at(pk, y)
-    x_y = _take_per_row(xp, x, pk, y)  # from the input: y is never masked
-    z_y = x_y if ls.x_max is None else x_y - _row(xp, ls.x_max)
-    l1_n = _row(xp, ls.l1)
-    t1 = _weighted(xp, wy, l1_n - z_y)  # w_y (-log p_y)
+    z_y = _take_per_row(xp, ls.z, pk, y)  # before z changes below; y is never masked
+    l1 = ls.l1
+    t1 = _weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
     row = _weighted(xp, 1.0 - eps, t1)
     t2 = None
     if smoothing or sp.want_eps_grad:
@@ -810,8 +808,8 @@ def _index_block(
         z = ls.z
         if not uniform:
             z = _put_per_row(xp, z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
-        other = -xp.sum(z, axis=-1) if cw is None else xp.sum(_weighted(xp, cw, -z), axis=-1)
-        t2 = (s_w_n if uniform else s_w_n - wy) * l1_n + other
+        s_l1 = (s_w_n if uniform else s_w_n - wy) * l1
+        t2 = s_l1 - xp.sum(z, axis=-1) if cw is None else s_l1 + xp.sum(_weighted(xp, cw, -z), axis=-1)
         row = row + _weighted(xp, b_n, t2)
     if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
         row = row + wy * _xlogx(xp, q_y) + _xlogx(xp, b_n) * (s_w_n - wy)
@@ -822,7 +820,8 @@ def _index_block(
         drow = xp.where(bad, math.nan, xp.where(valid, drow, 0.0))
     g = None
     if sp.want_grad:
-        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, (q_y, a, b), s_w, factor, pk, smoothing)
+        coefs = (q_y, _row(xp, a), b_n)
+        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w_n, factor, pk, smoothing)
         if sp.guard_rows:
             g = xp.where(valid[:, None], g, 0.0)
     return _BlockOut(row, drow, g, None)
@@ -876,38 +875,39 @@ def _index_grad(
     Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
     w_top)) keeps a confident, correct row exact.
     """
-    q_y, a, b = coefs  # q = a onehot + b on allowed classes, q_y = a + b
-    r = _col(xp, factor)  # an array on this path
-    wy_c, q_y_c = _col(xp, wy), _col(xp, q_y)
-    off = (b * r if cw is None else b * r * cw) if smoothing else None  # the b w_c r part
-    on = _col(xp, _row(xp, a) * wy) * r  # the rest of w_y q_y r, at y
+    q_y, a, b = coefs  # q = a onehot + b on allowed classes, q_y = a + b; per row
+    r = factor  # per row, an array on this path
+    off = None  # the b w_c r part, (n, 1) or (n, K)
+    if smoothing:
+        off = _col(xp, b * r) if cw is None else _col(xp, b * r) * cw
+    neg_on = (-a * wy) * r  # minus the rest of w_y q_y r, at y
     if sp.log_probs:
         base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
         g = base if off is None else base - off
-        return _put_per_row(xp, g, y_at, -_row(xp, on), add=True, inplace=sp.inplace)
+        return _put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     assert ls.s is not None and ls.top is not None
-    others = b * (s_w - wy_c)  # b times the weight of the classes other than y
-    q_w_r = (q_y_c * wy_c + others) * r
+    others = b * (s_w - wy)  # b times the weight of the classes other than y
+    q_w_r = (q_y * wy + others) * r
     scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
     # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below
-    g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
-    g = _put_per_row(xp, g, y_at, -_row(xp, on), add=True, inplace=sp.inplace)
+    g = _scale_shift(xp, ls.e, _col(xp, scale), off, inplace=sp.inplace and not pk.dense)
+    g = _put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     if smoothing:
         if cw is None:
             cw_top: float | Array = 1.0
         elif cw.ndim == 1:
-            cw_top = xp.take(cw, ls.top)[:, None]
+            cw_top = xp.take(cw, ls.top)
         else:
-            cw_top = _take_per_row(xp, cw, pk, ls.top)[:, None]
-        at_y, elsewhere = others, q_y_c * wy_c + b * (s_w - wy_c - cw_top)
+            cw_top = _take_per_row(xp, cw, pk, ls.top)
+        at_y, elsewhere = others, q_y * wy + b * (s_w - wy - cw_top)
     else:
-        at_y, elsewhere = 0.0, q_y_c * wy_c
-    if isinstance(elsewhere, float):  # where() needs one array among its values
+        at_y, elsewhere = 0.0, q_y * wy
+    if isinstance(at_y, float) and isinstance(elsewhere, float):  # where() needs an array
         elsewhere = xp.asarray(elsewhere, dtype=sp.dtype, device=get_device(ls.z))
-    q_top = xp.where((ls.top == y)[:, None], at_y, elsewhere)
+    q_top = xp.where(ls.top == y, at_y, elsewhere)
     top_val = q_top * r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
-    return _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
+    return _put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
 
 
 # --------------------------------------------------------------------------------------
