@@ -179,11 +179,17 @@ def _put_per_row(
     """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = _at(pk, cols)``.
 
     In place where ``g`` is ours (``inplace``) and ``at`` is an index pair; a boolean mask
-    ``at`` gives an elementwise select.
+    ``at`` gives an elementwise select. An index pair is only formed for writeable arrays
+    of the compute dtype (:func:`_blocks`), so the in-place write is a plain assignment:
+    ``xpx.at`` would add a cast per write on PyTorch (its guard against mixed dtypes,
+    which cannot occur here), one more launch on an accelerator.
     """
     if not isinstance(at, tuple):
         v = _col(xp, values)
         return xp.where(at, g + v if add else v, g)
+    if inplace:
+        g[at] = g[at] + values if add else values
+        return g
     pos = xpx.at(g, at)
     copy = None if inplace else True
     return pos.add(values, copy=copy, xp=xp) if add else pos.set(values, copy=copy, xp=xp)
