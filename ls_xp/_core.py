@@ -476,7 +476,9 @@ def _evaluate(
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None or g is logits:
             return g  # the logits were overwritten in place, as the caller allowed
-        g = _move_axis(xp, xp.reshape(g, (*batch_shape, num_classes)), -1, ax)
+        if tuple(g.shape) != (*batch_shape, num_classes):
+            g = xp.reshape(g, (*batch_shape, num_classes))
+        g = _move_axis(xp, g, -1, ax)
         return _astype(xp, g, dtype)
 
     return Result(
@@ -909,10 +911,9 @@ def _index_grad(
         at_y, elsewhere = others, q_y * wy + b * (s_w - wy - cw_top)
     else:
         at_y, elsewhere = 0.0, q_y * wy
-    if isinstance(at_y, float) and isinstance(elsewhere, float):  # where() needs an array
-        elsewhere = xp.asarray(elsewhere, dtype=sp.dtype, device=get_device(ls.z))
-    q_top = xp.where(ls.top == y, at_y, elsewhere)
-    top_val = q_top * r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
+    # r is an array here, so both values of where() are (no scalar to make an array of)
+    q_top_r = xp.where(ls.top == y, at_y * r, elsewhere * r)
+    top_val = q_top_r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
     return _put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
 
 

@@ -209,7 +209,7 @@ def _scaled(
     if look and scale.ndim == 0 and not g.requires_grad and _is_one(scale):
         return g  # loss.backward(): the buffer as it is
     if owned and not scale.requires_grad:
-        return g.mul_(scale.to(g.dtype))
+        return g.mul_(scale if scale.dtype == g.dtype else scale.to(g.dtype))
     return g * scale
 
 
