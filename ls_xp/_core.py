@@ -281,19 +281,20 @@ def _class_weight(
 def _class_indices(
     xp: ModuleType, y: Array, num_classes: int, ignore_index: int, read: bool
 ) -> tuple[Array, Array, Array]:
-    """(valid, bad, out) of flat class indices: not ignored, not ignored and out of
-    [0, K), and out of [0, K). A bad index raises where values may be ``read``; elsewhere
-    its rows become NaN downstream. ``where(out, 0, y)`` is safe to gather with."""
+    """(valid, bad, safe) of flat class indices: not ignored; not ignored and out of
+    [0, K); and the indices clipped into [0, K), safe to gather with. A bad index raises
+    where values may be ``read``; elsewhere its rows become NaN downstream. (Clipping
+    finds the indices out of range and makes them safe in two operations.)"""
     valid = y != ignore_index
-    out = (y < 0) | (y >= num_classes)
-    bad = valid & out
+    safe = xp.clip(y, 0, num_classes - 1)
+    bad = valid & (safe != y)
     if _checks.any_true(xp, bad, read):
         value = _checks.first_value(xp, y, bad)
         raise ValueError(
             f"target contains class index {value}, outside [0, {num_classes}) "
             f"and not ignore_index={ignore_index}"
         )
-    return valid, bad, out
+    return valid, bad, safe
 
 
 def _total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
@@ -533,14 +534,14 @@ def _rows(
         return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, classes)
 
     y = _astype(xp, target if target.ndim == 1 else xp.reshape(target, (-1,)), index_dtype)
-    valid, bad, out = _class_indices(xp, y, num_classes, ignore_index, sp.read)
+    valid, bad, safe = _class_indices(xp, y, num_classes, ignore_index, sp.read)
     if m is not None:
         assert classes is not None
         bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
         if _checks.any_true(xp, bad, sp.read):
             value = _checks.first_value(xp, y, bad)
             raise ValueError(f"target class {value} is masked out by where")
-    y = xp.where(out, 0, y)  # safe to gather with (ignored and bad rows are masked later)
+    y = safe  # (ignored and bad rows are masked later)
     w_y = None if w is None else xp.take(w, y, axis=0)
     counted = xp.astype(valid, dt)  # the rows that count, 1 or 0
     total_weight = xp.sum(counted if w_y is None else xp.where(valid, w_y, 0.0))

@@ -115,10 +115,10 @@ def _setup(
     eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
     w = _class_weight(xp, weight, num_classes, dt, read)
     y = xp.reshape(target, (-1,))
-    valid, _, out = _class_indices(xp, y, num_classes, ignore, read)
+    valid, _, safe = _class_indices(xp, y, num_classes, ignore, read)
     total: float | Array = 1.0
-    if reduction == "mean":  # rows with a bad index count with w[0]: their loss is NaN anyway
-        total = _total_weight(xp, valid, None if w is None else xp.take(w, xp.where(out, 0, y), axis=0), dt)
+    if reduction == "mean":  # a bad index counts with its clipped class: its loss is NaN anyway
+        total = _total_weight(xp, valid, None if w is None else xp.take(w, safe, axis=0), dt)
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
         convention, total, h_shape[:-1], read, plan,
