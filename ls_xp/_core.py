@@ -214,13 +214,13 @@ def _astype(xp: ModuleType, a: Array, dtype: Any) -> Array:
 
 def _log_softmax_parts(
     xp: ModuleType, x: Array, mask: Array | None, pk: _Picks, inplace: bool
-) -> tuple[Array, Array, Array, Array, Any]:
+) -> tuple[Array, Array, Array, Array, Any, Array]:
     """Shifted logits z = x - max, exp(z) but 0 at the maximum, and s with
     lse(x) = max + log1p(s), per row.
 
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
-    Returns (z, e, s, top, where top lies); s has shape (n,).
+    Returns (z, e, s, top, where top lies, the row maxima as a column); s has shape (n,).
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
     if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
@@ -234,7 +234,7 @@ def _log_softmax_parts(
     top_at = _at(pk, top)
     e = _put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
     s = xp.sum(e, axis=-1)
-    return z, e, s, top, top_at
+    return z, e, s, top, top_at, x_max
 
 
 def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
@@ -697,7 +697,7 @@ def _block(
     if t is not None:
         return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
     assert y is not None and valid is not None and bad is not None
-    return _index_block(xp, sp, ls, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
+    return _index_block(xp, sp, ls, x, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
 
 
 @dataclass(frozen=True)
@@ -714,13 +714,14 @@ class _LogSoftmax:
     s: Array | None = None  # sum of e, (n,)
     top: Array | None = None  # the first maximum's column
     top_at: Any = None
+    x_max: Array | None = None  # (n, 1)
 
     @staticmethod
     def of(xp: ModuleType, sp: _Spec, x: Array, m: Array | None, pk: _Picks) -> _LogSoftmax:
         if sp.log_probs:
             return _LogSoftmax(z=x if m is None else xp.where(m, x, 0.0), z_is_ours=m is not None, l1=0.0)
-        z, e, s, top, top_at = _log_softmax_parts(xp, x, m, pk, sp.inplace)
-        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at)
+        z, e, s, top, top_at, x_max = _log_softmax_parts(xp, x, m, pk, sp.inplace)
+        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at, x_max)
 
 
 def _soft_block(
@@ -781,6 +782,7 @@ def _index_block(
     xp: ModuleType,
     sp: _Spec,
     ls: _LogSoftmax,
+    x: Array,
     y: Array,
     valid: Array,
     bad: Array,
@@ -807,7 +809,14 @@ def _index_block(
     q_y = (1.0 - eps) + b_n if uniform else 1.0 - eps
     wy = 1.0 if w_y is None else w_y
     y_at = _at(pk, y)
-    z_y = _take_per_row(xp, ls.z, pk, y)  # before z changes below; y is never masked
+    # y is never masked, so z_y = x_y - max. Eager arrays gather it from z (one operation,
+    # before z changes below); under a compiler (dense picks) from x, so that z, which
+    # then only feeds exp and a sum, is fused away instead of kept (XLA: 1 N x K
+    # temporary instead of 2 at 2048 x 131072)
+    if pk.dense and ls.x_max is not None:
+        z_y = _take_per_row(xp, x, pk, y) - _row(xp, ls.x_max)
+    else:
+        z_y = _take_per_row(xp, ls.z, pk, y)
     l1 = ls.l1
     t1 = _weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
     row = _weighted(xp, 1.0 - eps, t1)
