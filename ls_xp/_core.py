@@ -190,9 +190,8 @@ def _put_per_row(
     if inplace:
         g[at] = g[at] + values if add else values
         return g
-    pos = xpx.at(g, at)
-    copy = None if inplace else True
-    return pos.add(values, copy=copy, xp=xp) if add else pos.set(values, copy=copy, xp=xp)
+    pos = xpx.at(g, at)  # a copy, written there
+    return pos.add(values, copy=True, xp=xp) if add else pos.set(values, copy=True, xp=xp)
 
 
 def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
