@@ -113,15 +113,16 @@ def _log_plus_one(xp: ModuleType, u: Array | float) -> Array | float:
 
 
 def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero: float) -> Array | float:
-    """num / den, with ``at_zero`` where den == 0 (and no floating-point warning)."""
+    """num / den, with ``at_zero`` (0 or NaN) where den == 0, and no floating-point warning.
+
+    A zero denominator is replaced by inf (a finite num / inf = 0) or by NaN: three
+    operations rather than a guarded division's four, which count as launches on an
+    accelerator. (A non-finite num over a zero den gives NaN either way.)"""
     if isinstance(den, float):
         return num / den if den != 0 else num * 0.0 + at_zero
-    if at_zero == 0.0 or math.isnan(at_zero):
-        # a zero denominator replaced by inf (finite num / inf = 0) or by NaN: three
-        # operations instead of four, for the launches on an accelerator
-        return num / xp.where(den != 0, den, math.inf if at_zero == 0.0 else math.nan)
-    nonzero = den != 0
-    return xp.where(nonzero, num / xp.where(nonzero, den, 1.0), at_zero)
+    if not (at_zero == 0.0 or math.isnan(at_zero)):
+        raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")
+    return num / xp.where(den != 0, den, math.inf if at_zero == 0.0 else math.nan)
 
 
 @functools.cache
