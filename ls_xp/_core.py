@@ -297,10 +297,15 @@ def _class_indices(
     return valid, bad, safe
 
 
-def _total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
+def _total_weight(
+    xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any, counted: Array | None = None
+) -> Array:
     """The ``"mean"`` denominator of class indices: sum_n w[y_n] over the rows not ignored
-    (their count without weights)."""
-    return xp.sum(xp.astype(valid, dtype) if w_y is None else xp.where(valid, w_y, 0.0))
+    (their count without weights). ``counted``, ``valid`` as 1.0 / 0.0 in ``dtype``, is
+    used instead of a new cast where the caller has it already."""
+    if w_y is not None:
+        return xp.sum(xp.where(valid, w_y, 0.0))
+    return xp.sum(xp.astype(valid, dtype) if counted is None else counted)
 
 
 def _class_mask(xp: ModuleType, where: Array | None, shape: tuple[int, ...], axis: int) -> Array | None:
@@ -544,7 +549,7 @@ def _rows(
     y = safe  # (ignored and bad rows are masked later)
     w_y = None if w is None else xp.take(w, y, axis=0)
     counted = xp.astype(valid, dt)  # the rows that count, 1 or 0
-    total_weight = xp.sum(counted if w_y is None else xp.where(valid, w_y, 0.0))
+    total_weight = _total_weight(xp, valid, w_y, dt, counted)
     unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else None
     factor = xp.where(bad, math.nan, counted if unit is None else counted * unit)
     return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight, classes)
