@@ -64,6 +64,8 @@ def _smoothing_coefficients(
     ``num_allowed`` is K, or the per-row count of allowed classes under ``where``.
     A row with too few allowed classes for the convention gets NaN coefficients.
     """
+    if _is_zero(eps):  # no smoothing: the one-hot, whatever the number of allowed classes
+        return 1.0, 0.0
     if convention == "uniform":
         if isinstance(num_allowed, float):
             b = eps / num_allowed
@@ -95,6 +97,8 @@ def _weighted(xp: ModuleType, coef: float | Array | None, v: float | Array) -> A
         if coef != 0.0:
             return coef * v
         return 0.0 if isinstance(v, float) else xp.zeros_like(v)
+    if isinstance(v, float):  # (where() takes at most one number)
+        return coef * v if math.isfinite(v) else xp.where(coef != 0, coef * v, 0.0)
     return coef * xp.where(coef != 0, v, 0.0)
 
 
@@ -112,17 +116,21 @@ def _log_plus_one(xp: ModuleType, u: Array | float) -> Array | float:
     return xp.where(u > 0, xp.log(xp.where(u > 0, u, 1.0)) + 1.0, -math.inf)
 
 
-def _safe_divide(xp: ModuleType, num: Array | float, den: Array | float, at_zero: float) -> Array | float:
+def _safe_divide(
+    xp: ModuleType, num: Array | float, den: Array | float, at_zero: float, nonzero: Array | None = None
+) -> Array | float:
     """num / den, with ``at_zero`` (0 or NaN) where den == 0, and no floating-point warning.
 
     A zero denominator is replaced by inf (a finite num / inf = 0) or by NaN: three
     operations rather than a guarded division's four, which count as launches on an
-    accelerator. (A non-finite num over a zero den gives NaN either way.)"""
+    accelerator; two where the caller passes ``nonzero`` (``den != 0``) from an earlier
+    division by the same ``den``. (A non-finite num over a zero den gives NaN either way.)"""
     if isinstance(den, float):
         return num / den if den != 0 else num * 0.0 + at_zero
     if not (at_zero == 0.0 or math.isnan(at_zero)):
         raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")
-    return num / xp.where(den != 0, den, math.inf if at_zero == 0.0 else math.nan)
+    ok = den != 0 if nonzero is None else nonzero
+    return num / xp.where(ok, den, math.inf if at_zero == 0.0 else math.nan)
 
 
 @functools.cache
@@ -145,39 +153,50 @@ def _scatters_in_place(xp: ModuleType) -> bool:
 class _Picks:
     """How a block of shape (n, K) reads and writes one entry per row, ``[i, cols[i]]``.
 
-    On eager mutable arrays the entries are addressed by the index pair ``(rows, cols)``
-    with ``rows = arange(n)``: one gather or one in-place scatter each, with no flat view
-    and no index arithmetic. ``dense`` picks with boolean masks ``classes == cols[:, None]``
-    instead: for lazy or immutable arrays (JAX, Dask, array-api-strict), where a comparison
-    fuses into the elementwise passes under a compiler and a scatter would not.
+    Per-row quantities are columns of shape (n, 1), the class indices ``cols`` too, so
+    that they broadcast against the block with no reshape. On eager mutable arrays the
+    entries are addressed by the index pair ``(rows, cols)`` with ``rows = arange(n)`` as a
+    column: one gather or one in-place scatter each, giving or taking an (n, 1) column,
+    with no flat view and no index arithmetic. ``dense`` picks with boolean masks
+    ``classes == cols`` instead: for lazy or immutable arrays (JAX, Dask,
+    array-api-strict), where a comparison fuses into the elementwise passes under a
+    compiler and a scatter would not.
     """
 
-    rows: Array
+    rows: Array  # (n, 1)
     classes: Array | None  # arange(K), for the dense picks
     dense: bool
 
 
 def _at(pk: _Picks, cols: Array) -> Any:
     """Where the entries [i, cols[i]] lie: an index pair, or a boolean (n, K) mask."""
-    return pk.classes == cols[:, None] if pk.dense else (pk.rows, cols)
+    return pk.classes == cols if pk.dense else (pk.rows, cols)
 
 
 def _take_per_row(xp: ModuleType, a: Array, pk: _Picks, cols: Array) -> Array:
-    """``a[i, cols[i]]`` for every row i, shape (n,).
+    """``a[i, cols[i]]`` for every row i, an (n, 1) column.
 
     Eager mutable arrays index directly with the pair (one gather; the indices are in
     range by construction, so ``take``'s wrapping of negative indices, three more
-    operations on PyTorch, is not needed); the others ``take`` from the flat view.
+    operations on PyTorch, is not needed); the others ``take`` from the flat view (the
+    standard's ``take`` wants 1-D indices; the reshapes are free under a compiler).
     """
     if not pk.dense:
         return a[pk.rows, cols]
-    return xp.take(xp.reshape(a, (-1,)), pk.rows * a.shape[-1] + cols)
+    flat = xp.take(xp.reshape(a, (-1,)), xp.reshape(pk.rows * a.shape[-1] + cols, (-1,)))
+    return xp.reshape(flat, (-1, 1))
+
+
+def _take_class(xp: ModuleType, w: Array, cols: Array) -> Array:
+    """``w[cols]`` of the class weights (K,) for an (n, 1) column of classes."""
+    return xp.reshape(xp.take(w, xp.reshape(cols, (-1,)), axis=0), (-1, 1))
 
 
 def _put_per_row(
     xp: ModuleType, g: Array, at: Any, values: float | Array, *, add: bool, inplace: bool
 ) -> Array:
-    """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = _at(pk, cols)``.
+    """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = _at(pk, cols)``
+    and ``values`` a number or an (n, 1) column.
 
     In place where ``g`` is ours (``inplace``) and ``at`` is an index pair; a boolean mask
     ``at`` gives an elementwise select. An index pair is only formed for writeable arrays
@@ -186,8 +205,7 @@ def _put_per_row(
     which cannot occur here), one more launch on an accelerator.
     """
     if not isinstance(at, tuple):
-        v = _col(xp, values)
-        return xp.where(at, g + v if add else v, g)
+        return xp.where(at, g + values if add else values, g)
     if inplace:
         g[at] = g[at] + values if add else values
         return g
@@ -220,20 +238,21 @@ def _log_softmax_parts(
 
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
-    Returns (z, e, s, top, where top lies, the row maxima as a column); s has shape (n,).
+    Returns (z, e, s, top, where top lies, the row maxima); s, top and the maxima are
+    (n, 1) columns.
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
     if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
         x_max = xp.max(xm, axis=-1, keepdims=True)
         last = xm.shape[-1] - 1  # also where a NaN row points
-        top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1)
-    else:
-        top = _astype(xp, xp.argmax(xm, axis=-1), pk.rows.dtype)  # some devices lack int64
-        x_max = _take_per_row(xp, xm, pk, top)[:, None]
+        top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1, keepdims=True)
+    else:  # (some devices lack int64: the indices take the dtype of rows)
+        top = _astype(xp, xp.argmax(xm, axis=-1, keepdims=True), pk.rows.dtype)
+        x_max = _take_per_row(xp, xm, pk, top)
     z = xm - x_max
     top_at = _at(pk, top)
     e = _put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
-    s = xp.sum(e, axis=-1)
+    s = xp.sum(e, axis=-1, keepdims=True)
     return z, e, s, top, top_at, x_max
 
 
@@ -242,16 +261,6 @@ def _move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array
     if source % a.ndim == destination % a.ndim:
         return a
     return xp.moveaxis(a, source, destination)
-
-
-def _row(xp: ModuleType, v: Any) -> Any:
-    """A per-row quantity kept as (N, 1) for broadcasting, flattened to (N,)."""
-    return v if isinstance(v, float) or v.ndim == 0 else xp.reshape(v, (-1,))
-
-
-def _col(xp: ModuleType, v: Any) -> Any:
-    """A per-row quantity of shape (N,) made (N, 1) to broadcast over classes."""
-    return v if isinstance(v, float) or v.ndim == 0 else v[:, None]
 
 
 # --------------------------------------------------------------------------------------
@@ -281,31 +290,28 @@ def _class_weight(
 def _class_indices(
     xp: ModuleType, y: Array, num_classes: int, ignore_index: int, read: bool
 ) -> tuple[Array, Array, Array]:
-    """(valid, bad, safe) of flat class indices: not ignored; not ignored and out of
-    [0, K); and the indices clipped into [0, K), safe to gather with. A bad index raises
-    where values may be ``read``; elsewhere its rows become NaN downstream. (Clipping
-    finds the indices out of range and makes them safe in two operations.)"""
+    """(valid, ok, safe) of class indices: not ignored; in [0, K); and the indices
+    clipped into [0, K), safe to gather with. An index neither ignored nor in range
+    raises where values may be ``read``; elsewhere its rows become NaN downstream.
+    (Clipping finds the indices out of range and makes them safe in two operations.)"""
     valid = y != ignore_index
     safe = xp.clip(y, 0, num_classes - 1)
-    bad = valid & (safe != y)
-    if _checks.any_true(xp, bad, read):
-        value = _checks.first_value(xp, y, bad)
+    ok = safe == y
+    if read and _checks.any_true(xp, valid & ~ok, read):
+        value = _checks.first_value(xp, y, valid & ~ok)
         raise ValueError(
             f"target contains class index {value}, outside [0, {num_classes}) "
             f"and not ignore_index={ignore_index}"
         )
-    return valid, bad, safe
+    return valid, ok, safe
 
 
-def _total_weight(
-    xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any, counted: Array | None = None
-) -> Array:
+def _total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
     """The ``"mean"`` denominator of class indices: sum_n w[y_n] over the rows not ignored
-    (their count without weights). ``counted``, ``valid`` as 1.0 / 0.0 in ``dtype``, is
-    used instead of a new cast where the caller has it already."""
+    (their count without weights)."""
     if w_y is not None:
         return xp.sum(xp.where(valid, w_y, 0.0))
-    return xp.sum(xp.astype(valid, dtype) if counted is None else counted)
+    return xp.sum(xp.astype(valid, dtype))
 
 
 def _class_mask(xp: ModuleType, where: Array | None, shape: tuple[int, ...], axis: int) -> Array | None:
@@ -389,16 +395,17 @@ class _Rows:
     """Per-row inputs of the evaluation, laid out as (N, K) / (N,)."""
 
     x: Array  # logits, classes last
-    y: Array | None  # class indices (0 at ignored / bad rows), or None
+    y: Array | None  # class indices as a column (N, 1), clipped into [0, K); or None
     t: Array | None  # probability targets, or None
-    valid: Array | None  # not ignored
-    bad: Array | None  # a class index out of range or masked
+    valid: Array | None  # not ignored, (N, 1)
+    ok: Array | None  # the class index is in range and allowed, (N, 1)
     m: Array | None  # allowed classes
     w: Array | None  # class weights (K,)
-    w_y: Array | None  # weight of each row's class
+    w_y: Array | None  # weight of each row's class, (N, 1)
     w_sum: Array | None
-    factor: float | Array  # the reduction's factor of each row (NaN at bad rows)
+    factor: float | Array  # the reduction's factor of each row (NaN at bad rows), (N, 1)
     total_weight: float | Array  # the "mean" denominator
+    nonzero: Array | None  # total_weight != 0, where it is an array
     classes: Array | None  # arange(K) where a mask needs it, else made by the blocks if needed
 
 
@@ -476,7 +483,7 @@ def _evaluate(
         elif reduction == "sum":
             out = xp.sum(r)
         else:
-            out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
+            out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero, rows.nonzero)
         return _astype(xp, out, dt if loss_in_compute_dtype else logits.dtype)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
@@ -536,23 +543,30 @@ def _rows(
         t = _as_rows(xp, target, ax)
         total = float(n_rows)
         factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
-        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, classes)
+        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, None, classes)
 
-    y = _astype(xp, target if target.ndim == 1 else xp.reshape(target, (-1,)), index_dtype)
-    valid, bad, safe = _class_indices(xp, y, num_classes, ignore_index, sp.read)
+    y = _astype(xp, xp.reshape(target, (-1, 1)), index_dtype)  # a column, like every per-row array
+    valid, ok, safe = _class_indices(xp, y, num_classes, ignore_index, sp.read)
     if m is not None:
         assert classes is not None
-        bad = bad | (valid & ~xp.any(m & (classes == y[:, None]), axis=-1))
-        if _checks.any_true(xp, bad, sp.read):
-            value = _checks.first_value(xp, y, bad)
+        ok = ok & xp.any(m & (classes == y), axis=-1, keepdims=True)
+        if sp.read and _checks.any_true(xp, valid & ~ok, sp.read):
+            value = _checks.first_value(xp, y, valid & ~ok)
             raise ValueError(f"target class {value} is masked out by where")
     y = safe  # (ignored and bad rows are masked later)
-    w_y = None if w is None else xp.take(w, y, axis=0)
-    counted = xp.astype(valid, dt)  # the rows that count, 1 or 0
-    total_weight = _total_weight(xp, valid, w_y, dt, counted)
-    unit = _safe_divide(xp, 1.0, total_weight, 0.0) if reduction == "mean" else None
-    factor = xp.where(bad, math.nan, counted if unit is None else counted * unit)
-    return _Rows(x, y, None, valid, bad, m, w, w_y, w_sum, factor, total_weight, classes)
+    w_y = None if w is None else _take_class(xp, w, y)
+    # each row's factor: 1 (1 / the total weight for "mean") where it counts, 0 where it
+    # is ignored, NaN where its class index is bad
+    total_weight: float | Array = 1.0
+    nonzero = None
+    if reduction == "mean":
+        total_weight = _total_weight(xp, valid, w_y, dt)
+        nonzero = total_weight != 0  # shared with the loss's division by the same total
+        per_row = _safe_divide(xp, 1.0, total_weight, 0.0, nonzero)
+    else:
+        per_row = xp.astype(valid, dt)
+    factor = xp.where(valid, xp.where(ok, per_row, math.nan), 0.0)
+    return _Rows(x, y, None, valid, ok, m, w, w_y, w_sum, factor, total_weight, nonzero, classes)
 
 
 def _as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
@@ -579,7 +593,7 @@ def _blocks(
             empty if sp.want_target_grad else None,
         )
     dense = not (_scatters_in_place(xp) and _checks.is_concrete(rw.x))
-    rows = xp.arange(min(step, n_rows), device=dev)
+    rows = xp.arange(min(step, n_rows), device=dev)[:, None]
     classes = rw.classes
     if dense and classes is None:
         classes = xp.arange(num_classes, device=dev)
@@ -602,9 +616,9 @@ def _blocks(
         b = _block(
             xp, sp, _astype(xp, _sl(rw.x, sl), dt),
             y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
-            valid=_sl(rw.valid, sl), bad=_sl(rw.bad, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
+            valid=_sl(rw.valid, sl), ok=_sl(rw.ok, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
-            pk=_Picks(rows if sl.stop - lo == rows.shape[0] else rows[: sl.stop - lo], classes, dense),
+            pk=_Picks(rows if sl.stop - lo == rows.shape[0] else rows[: sl.stop - lo, ...], classes, dense),
         )  # fmt: skip
         if step < n_rows or grad_buf is not None:  # several blocks: fill the whole arrays
             grad_buf = _fill(grad_buf, sl, b.grad)
@@ -678,7 +692,7 @@ def _block(
     y: Array | None,
     t: Array | None,
     valid: Array | None,
-    bad: Array | None,
+    ok: Array | None,
     m: Array | None,
     w: Array | None,
     w_y: Array | None,
@@ -701,8 +715,8 @@ def _block(
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     if t is not None:
         return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
-    assert y is not None and valid is not None and bad is not None
-    return _index_block(xp, sp, ls, x, y, valid, bad, cw, w_y, k_n, s_w, factor, pk)
+    assert y is not None and valid is not None and ok is not None
+    return _index_block(xp, sp, ls, x, y, valid, ok, cw, w_y, k_n, s_w, factor, pk)
 
 
 @dataclass(frozen=True)
@@ -748,20 +762,20 @@ def _soft_block(
     if m is not None:
         q = xp.where(m, q, 0.0)
     wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
-    nlp = _col(xp, ls.l1) - ls.z  # -log p
-    row = xp.sum(_weighted(xp, wq, nlp), axis=-1)
+    nlp = ls.l1 - ls.z  # -log p
+    row = xp.sum(_weighted(xp, wq, nlp), axis=-1, keepdims=True)
     if sp.kl:
-        row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1)
+        row = row + xp.sum(_weighted(xp, w, _xlogx(xp, q)), axis=-1, keepdims=True)
     drow = None
     if sp.want_eps_grad:  # q is affine in eps: dq/deps = -t + b(1) (uniform) or b(1)(1 - t)
         _, b1 = _smoothing_coefficients(xp, 1.0, k_n, sp.convention)
         dq = -t + (b1 if uniform else b1 * (1.0 - t))
         dq = dq if m is None else xp.where(m, dq, 0.0)
         wdq = dq if w is None else dq * w
-        drow = xp.sum(_weighted(xp, wdq, nlp), axis=-1)
+        drow = xp.sum(_weighted(xp, wdq, nlp), axis=-1, keepdims=True)
         if sp.kl:  # d/deps of q log q = dq (log q + 1), -inf at q = 0
-            drow = drow + xp.sum(_weighted(xp, wdq, _log_plus_one(xp, q)), axis=-1)
-    r = _col(xp, factor)
+            drow = drow + xp.sum(_weighted(xp, wdq, _log_plus_one(xp, q)), axis=-1, keepdims=True)
+    r = factor
     g = tg = None
     if sp.want_grad:
         q_w = xp.sum(wq, axis=-1, keepdims=True)
@@ -769,12 +783,12 @@ def _soft_block(
             g = -wq * r
         else:
             assert ls.s is not None and ls.e is not None
-            s = _col(xp, ls.s)
+            s = ls.s
             norm = 1.0 + s
-            wq_top = _take_per_row(xp, wq, pk, ls.top)[:, None]
+            wq_top = _take_per_row(xp, wq, pk, ls.top)
             top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
             g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
-            g = _put_per_row(xp, g, ls.top_at, _row(xp, top_val), add=False, inplace=sp.inplace)
+            g = _put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
     if sp.want_target_grad:
         # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
         alpha = (1.0 - eps) if uniform else a
@@ -790,7 +804,7 @@ def _index_block(
     x: Array,
     y: Array,
     valid: Array,
-    bad: Array,
+    ok: Array,
     cw: Array | None,
     w_y: Array | None,
     k_n: float | Array,
@@ -798,55 +812,57 @@ def _index_block(
     factor: float | Array,
     pk: _Picks,
 ) -> _BlockOut:
-    """Class indices. With b the smoothing mass of each allowed class,
+    """Class indices. With b the smoothing mass of each allowed class and
+    Q = sum_c w_c q_c = q_y w_y + b (S_w - w_y) (1 without class weights: q sums to 1),
 
-        loss_n = (1 - eps) w_y (l1 - z_y) + b (S' l1 + sum'_c w_c (-z_c)),
+        loss_n = Q l1 - (1 - eps) w_y z_y - b sum'_c w_c z_c,
 
-    where S' and sum' run over every allowed class ("uniform": q_y = 1 - eps + b) or over
-    the classes other than y ("others": q_y = 1 - eps). Every factor is non-negative for
-    every eps in [0, 1], so the loss keeps full relative accuracy on the whole range, and
-    a factor of 0 makes its term 0 also against a -inf logit (0 * inf = 0).
+    where sum' runs over every allowed class ("uniform": q_y = 1 - eps + b) or over the
+    classes other than y ("others": q_y = 1 - eps). As l1 >= 0 and z <= 0, every term is
+    non-negative for every eps in [0, 1]: the loss keeps full relative accuracy on the
+    whole range, and a factor of 0 makes its term 0 also against a -inf logit
+    (0 * inf = 0). Per-row quantities are (n, 1) columns.
     """
     eps, uniform = sp.eps, sp.convention == "uniform"
     smoothing = not _is_zero(eps)
     a, b = _smoothing_coefficients(xp, eps, k_n, sp.convention)
-    b_n, s_w_n = _row(xp, b), _row(xp, s_w)
-    q_y = (1.0 - eps) + b_n if uniform else 1.0 - eps
+    q_y = (1.0 - eps) + b if uniform else 1.0 - eps
     wy = 1.0 if w_y is None else w_y
+    others = b * (s_w - wy)  # b times the weight of the classes other than y
+    q_w = 1.0 if cw is None else q_y * wy + others  # Q
     y_at = _at(pk, y)
     # y is never masked, so z_y = x_y - max. Eager arrays gather it from z (one operation,
     # before z changes below); under a compiler (dense picks) from x, so that z, which
     # then only feeds exp and a sum, is fused away instead of kept (XLA: 1 N x K
     # temporary instead of 2 at 2048 x 131072)
     if pk.dense and ls.x_max is not None:
-        z_y = _take_per_row(xp, x, pk, y) - _row(xp, ls.x_max)
+        z_y = _take_per_row(xp, x, pk, y) - ls.x_max
     else:
         z_y = _take_per_row(xp, ls.z, pk, y)
     l1 = ls.l1
-    t1 = _weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
-    row = _weighted(xp, 1.0 - eps, t1)
-    t2 = None
+    row = _weighted(xp, q_w, l1) - _weighted(xp, (1.0 - eps) * wy, z_y)
+    z_sum = None  # sum'_c w_c z_c <= 0: every allowed class, or every class but y ("others")
     if smoothing or sp.want_eps_grad:
-        # S' l1 + sum'_c w_c (-z_c): every allowed class, or every class but y ("others")
         z = ls.z
         if not uniform:
             z = _put_per_row(xp, z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
-        s_l1 = (s_w_n if uniform else s_w_n - wy) * l1
-        t2 = s_l1 - xp.sum(z, axis=-1) if cw is None else s_l1 + xp.sum(_weighted(xp, cw, -z), axis=-1)
-        row = row + _weighted(xp, b_n, t2)
+        z_sum = xp.sum(z if cw is None else _weighted(xp, cw, z), axis=-1, keepdims=True)
+        if smoothing:
+            row = row - _weighted(xp, b, z_sum)
     if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
-        row = row + wy * _xlogx(xp, q_y) + _xlogx(xp, b_n) * (s_w_n - wy)
-    row = xp.where(bad, math.nan, xp.where(valid, row, 0.0))
+        row = row + wy * _xlogx(xp, q_y) + _xlogx(xp, b) * (s_w - wy)
+    row = xp.where(valid, xp.where(ok, row, math.nan), 0.0)
     drow = None
     if sp.want_eps_grad:
-        drow = _index_eps_row(xp, sp, k_n, q_y, b_n, wy, s_w_n, t1, t2)
-        drow = xp.where(bad, math.nan, xp.where(valid, drow, 0.0))
+        assert z_sum is not None
+        drow = _index_eps_row(xp, sp, k_n, q_y, b, wy, s_w, l1, z_y, z_sum)
+        drow = xp.where(valid, xp.where(ok, drow, math.nan), 0.0)
     g = None
     if sp.want_grad:
-        coefs = (q_y, _row(xp, a), b_n)
-        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w_n, factor, pk, smoothing)
+        coefs = (q_y, a, b, others, q_w)
+        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w, factor, pk, smoothing)
         if sp.guard_rows:
-            g = xp.where(valid[:, None], g, 0.0)
+            g = xp.where(valid, g, 0.0)
     return _BlockOut(row, drow, g, None)
 
 
@@ -855,17 +871,19 @@ def _index_eps_row(
     sp: _Spec,
     k_n: float | Array,
     q_y: float | Array,
-    b_n: float | Array,
+    b: float | Array,
     wy: float | Array,
-    s_w_n: float | Array,
-    t1: Array,
-    t2: Array | None,
+    s_w: float | Array,
+    l1: Array,
+    z_y: Array,
+    z_sum: Array,
 ) -> Array:
-    """d loss_n / d eps. The loss is (1 - eps) T1 + b T2 with b affine in eps, so this is
-    exact: -T1 + db T2 (plus the entropy's derivative for the KL form)."""
-    _, b1 = _smoothing_coefficients(xp, 1.0, k_n, sp.convention)
-    db = _row(xp, b1)
-    assert t2 is not None
+    """d loss_n / d eps. The loss is (1 - eps) T1 + b T2 with T1 = w_y (l1 - z_y),
+    T2 = S' l1 - sum'_c w_c z_c (S' the weight that sum' runs over) and b affine in eps,
+    so this is exact: -T1 + db T2 (plus the entropy's derivative for the KL form)."""
+    _, db = _smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+    t1 = _weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
+    t2 = (s_w if sp.convention == "uniform" else s_w - wy) * l1 - z_sum
     d = _weighted(xp, db, t2) - t1
     if sp.kl:
         # d (q log q) = dq (log q + 1): -inf where q = 0 and dq > 0
@@ -873,7 +891,7 @@ def _index_eps_row(
         d = (
             d
             + _weighted(xp, wy * dq_y, _log_plus_one(xp, q_y))
-            + _weighted(xp, db * (s_w_n - wy), _log_plus_one(xp, b_n))
+            + _weighted(xp, db * (s_w - wy), _log_plus_one(xp, b))
         )
     return d
 
@@ -886,7 +904,7 @@ def _index_grad(
     y_at: Array,
     cw: Array | None,
     wy: float | Array,
-    coefs: tuple[float | Array, float | Array, float | Array],
+    coefs: tuple[Any, Any, Any, Any, Any],
     s_w: float | Array,
     factor: float | Array,
     pk: _Picks,
@@ -898,29 +916,29 @@ def _index_grad(
     Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
     w_top)) keeps a confident, correct row exact.
     """
-    q_y, a, b = coefs  # q = a onehot + b on allowed classes, q_y = a + b; per row
+    # q = a onehot + b on allowed classes, q_y = a + b, others = b (S_w - w_y), q_w = Q
+    q_y, a, b, others, q_w = coefs
     r = factor  # per row, an array on this path
     off = None  # the b w_c r part, (n, 1) or (n, K)
     if smoothing:
-        off = _col(xp, b * r) if cw is None else _col(xp, b * r) * cw
+        off = b * r if cw is None else (b * r) * cw
     neg_on = (-a * wy) * r  # minus the rest of w_y q_y r, at y
     if sp.log_probs:
         base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
         g = base if off is None else base - off
         return _put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     assert ls.s is not None and ls.top is not None
-    others = b * (s_w - wy)  # b times the weight of the classes other than y
-    q_w_r = (q_y * wy + others) * r
+    q_w_r = _weighted(xp, q_w, r) if isinstance(q_w, float) else q_w * r
     scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
     # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below
-    g = _scale_shift(xp, ls.e, _col(xp, scale), off, inplace=sp.inplace and not pk.dense)
+    g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
     g = _put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     if smoothing:
         if cw is None:
             cw_top: float | Array = 1.0
         elif cw.ndim == 1:
-            cw_top = xp.take(cw, ls.top)
+            cw_top = _take_class(xp, cw, ls.top)
         else:
             cw_top = _take_per_row(xp, cw, pk, ls.top)
         at_y, elsewhere = others, q_y * wy + b * (s_w - wy - cw_top)
