@@ -130,7 +130,10 @@ def _safe_divide(
     if not (at_zero == 0.0 or math.isnan(at_zero)):
         raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")
     ok = den != 0 if nonzero is None else nonzero
-    return num / xp.where(ok, den, math.inf if at_zero == 0.0 else math.nan)
+    safe_den = xp.where(ok, den, math.inf if at_zero == 0.0 else math.nan)
+    if isinstance(num, float) and num == 1.0:  # one operation (PyTorch's 1 / x is two)
+        return xp.reciprocal(safe_den)
+    return num / safe_den
 
 
 @functools.cache
