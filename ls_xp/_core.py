@@ -11,6 +11,7 @@ Notation (per position n, K classes, class axis moved last):
     -log p_c = L1 - z_c                           a sum of two non-negative numbers
     b     = eps / K ("uniform") or eps / (K - 1) ("others"), the smoothing mass of a class
     loss_n = (1 - eps) w_y (L1 - z_y) + b (S' L1 + sum'_c w_c (-z_c))
+           = Q L1 - (1 - eps) w_y z_y - b sum'_c w_c z_c      (computed so; Q = 1 unweighted)
     d loss_n / d x_c   = Q p_c - w_c q_c,          Q = sum_k w_k q_k
     d loss_n / d eps   = -w_y (L1 - z_y) + (b / eps) (S' L1 + sum'_c w_c (-z_c))
 
@@ -23,12 +24,15 @@ The loss is affine in eps for fixed logits, so its eps-derivative is exact too.
 
 The evaluation (:func:`_evaluate`) runs in three steps: checks and per-row bookkeeping
 (:func:`_rows`), the block function over row blocks (:func:`_blocks`, :func:`_block`,
-:func:`_index_block` / :func:`_soft_block`), and the reduction. Rows are evaluated in
-blocks where arrays are eager and mutable; there one entry per row (the target class, the
-first maximum) is read by a gather and written by an in-place scatter. Lazy or immutable
-arrays get one block and boolean masks instead, which a compiler fuses into the
-elementwise passes (:class:`_Picks`). The execution plan (:func:`ls_xp._checks.plan`)
-sizes the blocks and decides whether values may be read back: never on an accelerator.
+:func:`_index_block` / :func:`_soft_block`), and the reduction. Per-row quantities (the
+labels, the row factors, max, s, L1) are (n, 1) columns throughout, so that they
+broadcast against a block without a reshape (each one a launch on an accelerator). Rows
+are evaluated in blocks where arrays are eager and mutable; there one entry per row (the
+target class, the first maximum) is read by a gather and written by an in-place scatter.
+Lazy or immutable arrays get one block and boolean masks instead, which a compiler fuses
+into the elementwise passes (:class:`_Picks`). The execution plan
+(:func:`ls_xp._checks.plan`) sizes the blocks and decides whether values may be read
+back: never on an accelerator.
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ def _class_indices(
     valid = y != ignore_index
     safe = xp.clip(y, 0, num_classes - 1)
     ok = safe == y
-    if read and _checks.any_true(xp, valid & ~ok, read):
+    if read and _checks.any_true(xp, valid & ~ok):
         value = _checks.first_value(xp, y, valid & ~ok)
         raise ValueError(
             f"target contains class index {value}, outside [0, {num_classes}) "
@@ -395,7 +399,7 @@ class _Spec:
 
 @dataclass(frozen=True)
 class _Rows:
-    """Per-row inputs of the evaluation, laid out as (N, K) / (N,)."""
+    """Per-row inputs of the evaluation, laid out as (N, K) / (N, 1)."""
 
     x: Array  # logits, classes last
     y: Array | None  # class indices as a column (N, 1), clipped into [0, K); or None
@@ -553,7 +557,7 @@ def _rows(
     if m is not None:
         assert classes is not None
         ok = ok & xp.any(m & (classes == y), axis=-1, keepdims=True)
-        if sp.read and _checks.any_true(xp, valid & ~ok, sp.read):
+        if sp.read and _checks.any_true(xp, valid & ~ok):
             value = _checks.first_value(xp, y, valid & ~ok)
             raise ValueError(f"target class {value} is masked out by where")
     y = safe  # (ignored and bad rows are masked later)
@@ -843,7 +847,8 @@ def _index_block(
     else:
         z_y = _take_per_row(xp, ls.z, pk, y)
     l1 = ls.l1
-    row = _weighted(xp, q_w, l1) - _weighted(xp, (1.0 - eps) * wy, z_y)
+    # (l1 is finite or NaN, so Q l1 needs no 0 * inf guard)
+    row = (l1 if cw is None else q_w * l1) - _weighted(xp, (1.0 - eps) * wy, z_y)
     z_sum = None  # sum'_c w_c z_c <= 0: every allowed class, or every class but y ("others")
     if smoothing or sp.want_eps_grad:
         z = ls.z
@@ -931,7 +936,7 @@ def _index_grad(
         g = base if off is None else base - off
         return _put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     assert ls.s is not None and ls.top is not None
-    q_w_r = _weighted(xp, q_w, r) if isinstance(q_w, float) else q_w * r
+    q_w_r = r if cw is None else q_w * r  # (Q = 1 without weights)
     scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
     # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below

@@ -168,6 +168,23 @@ def test_where_mask_equals_dropping_the_classes(xb, rng):
         assert np.all(xb.np(grad)[n, ~allowed[n]] == 0)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_single_allowed_class_without_smoothing_is_a_certain_prediction(xb, weighted):
+    """eps = 0 needs one allowed class, also under convention="others": that row's loss and
+    gradient are 0 (the gradient was NaN when the coefficients were NaN for any eps)."""
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]])
+    where = np.array([[False, True, False], [True, True, True]])
+    w = xb.asarray(np.array([1.0, 2.0, 3.0])) if weighted else None
+    loss, grad = ls_xp.loss_and_grad(xb.asarray(x), xb.asarray([1, 0]), 0.0, convention="others",
+                                     where=xb.asarray(where), weight=w, reduction="none")  # fmt: skip
+    np.testing.assert_array_equal(xb.np(loss)[0], 0.0)
+    np.testing.assert_array_equal(xb.np(grad)[0], 0.0)
+    # the other row, all classes allowed, as plain cross-entropy (its class has weight 1)
+    ref_loss, ref_grad = ls_xp.loss_and_grad(x[1:], np.array([0]), 0.0, reduction="none")
+    np.testing.assert_allclose(xb.np(loss)[1], ref_loss[0], rtol=1e-14)
+    np.testing.assert_allclose(xb.np(grad)[1], ref_grad[0], rtol=1e-13)
+
+
 def test_where_broadcasts_over_the_batch(xb, rng):
     x = rng.normal(size=(4, 5))
     allowed = np.array([True, True, False, True, True])
