@@ -62,3 +62,21 @@ def test_quick_check():
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["passed"] > 0
     assert {c["dtype"] for c in report["cells"]} == {"float32"}
+
+
+def test_bench_reports_the_memory_faulted_in_per_call():
+    """One small bench run in fresh processes: every row has its time, peak and the host
+    memory faulted in per call (minor page faults), and the table shows that column."""
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    import json
+
+    out = _cli("bench", "--backend", "numpy", "--size", "64x10", "--repeats", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["results"]
+    assert {r["impl"] for r in rows} >= {"ls_xp", "numpy-inplace"}
+    for r in rows:
+        assert r["time_s"] > 0 and r["peak_bytes"] >= 0
+        assert isinstance(r["faulted_bytes"], (int, float)) and r["faulted_bytes"] >= 0
+    table = _cli("bench", "--backend", "numpy", "--size", "64x10", "--repeats", "1")
+    header = [line for line in table.stdout.splitlines() if line.startswith("backend ")]
+    assert table.returncode == 0 and len(header) == 1 and "faulted" in header[0]

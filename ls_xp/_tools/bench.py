@@ -7,10 +7,13 @@ and then timed ``repeats`` times. ls_xp and each peer are measured alternately (
 drift of a shared machine cancels. Reported per implementation: the median time, the peak
 host memory beyond the inputs (peak RSS less the RSS before the first run), on a non-CPU
 device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
-JAX's ``memory_stats``), and for PyTorch the operations and host synchronisations of one
-call (PyTorch profiler: top-level ``aten::`` operations, and ``_local_scalar_dense`` events,
-one per value read back by ``bool()``, ``.item()`` or ``float()``; on a GPU each operation is
-at least one kernel launch and each read a synchronisation).
+JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage``'s minor
+page faults over the timed runs, times the page size: the fresh pages the kernel had to hand
+out, which on a CPU is often a large part of the time), and for PyTorch the operations and
+host synchronisations of one call (PyTorch profiler: top-level ``aten::`` operations, and
+``_local_scalar_dense`` events, one per value read back by ``bool()``, ``.item()`` or
+``float()``; on a GPU each operation is at least one kernel launch and each read a
+synchronisation).
 ``busy=True`` keeps one core busy with a spinning process while measuring.
 
 The peers (written here as baselines, or the libraries' own functions):
@@ -378,16 +381,20 @@ def _worker(
     out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
     del out
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t0)
         del out
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     result: dict[str, Any] = {
         "time_s": statistics.median(times),
         "times_s": times,
         "peak_bytes": max(0, _peak_rss_bytes() - baseline),
         "device_peak_bytes": device_memory.peak(),
+        # pages first touched per call (timing included them); ``repeats`` >= 1
+        "faulted_bytes": faults * resource.getpagesize() // max(repeats, 1),
     }
     if backend == "torch":
         result.update(_torch_ops(run))
@@ -511,7 +518,7 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(group[-1])
             continue
         row = dict(ok[0])
-        for key in ("time_s", "peak_bytes", "device_peak_bytes", "ops", "syncs"):
+        for key in ("time_s", "peak_bytes", "device_peak_bytes", "faulted_bytes", "ops", "syncs"):
             vals = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.median(vals) if vals else None
         row["times_s"] = [r["time_s"] for r in ok]
@@ -578,7 +585,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"median of {st.get('repeats', '?')} runs each" + (", one core kept busy" if st.get("busy") else ""),
         "",
         f"{'backend':8s} {'implementation':16s} {'size':12s} {'shape':>16s} {'median':>9s}"
-        f" {'peak extra':>11s} {'device peak':>12s} {'ops':>6s} {'syncs':>5s}",
+        f" {'peak extra':>11s} {'device peak':>12s} {'faulted':>12s} {'ops':>6s} {'syncs':>5s}",
     ]
     for r in report["results"]:
         shape = "x".join(str(d) for d in r["shape"])
@@ -589,11 +596,12 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
         dev = "-" if r.get("device_peak_bytes") is None else f"{r['device_peak_bytes'] / 2**20:8.0f} MiB"
+        flt = "-" if r.get("faulted_bytes") is None else f"{r['faulted_bytes'] / 2**20:8.0f} MiB"
         ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
         syncs = "-" if r.get("syncs") is None else f"{r['syncs']:.0f}"
         lines.append(
             f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s} {r['time_s']:8.4f}s {peak:>11s}"
-            f" {dev:>12s} {ops:>6s} {syncs:>5s}"
+            f" {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s}"
         )
     if report["ratios"]:
         lines += ["", "ratios ls_xp / peer (median over the pairs of this run; < 1 is better):"]
