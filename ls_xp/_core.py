@@ -735,11 +735,11 @@ class _LogSoftmax:
 
     z: Array
     z_is_ours: bool  # a fresh array that may be written in place
-    l1: float | Array  # (n,)
+    l1: float | Array  # (n, 1)
     e: Array | None = None  # exp(z), 0 at the first maximum
-    s: Array | None = None  # sum of e, (n,)
-    top: Array | None = None  # the first maximum's column
-    top_at: Any = None
+    s: Array | None = None  # sum of e, (n, 1)
+    top: Array | None = None  # the first maximum's column index, (n, 1)
+    top_at: Any = None  # where it lies (_at)
     x_max: Array | None = None  # (n, 1)
 
     @staticmethod
@@ -790,10 +790,9 @@ def _soft_block(
             g = -wq * r
         else:
             assert ls.s is not None and ls.e is not None
-            s = ls.s
-            norm = 1.0 + s
+            norm = 1.0 + ls.s
             wq_top = _take_per_row(xp, wq, pk, ls.top)
-            top_val = ((q_w - wq_top) - q_w * (s / norm)) * r
+            top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
             g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
             g = _put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
     if sp.want_target_grad:

@@ -327,8 +327,10 @@ def finish(
     """The reduction of the per-row losses (and eps-derivatives), and the gradients
     scaled by the "mean" factor and shaped like their arrays."""
     xp, dtype = p.xp, p.hidden.dtype
-    # the factor of the summed rows; every row ignored: NaN loss, zero gradients (PyTorch's)
-    unit = _safe_divide(xp, 1.0, p.total, 0.0) if p.reduction == "mean" else 1.0
+    # the factor of the summed rows; every row ignored: NaN loss, zero gradients (PyTorch's).
+    # The zero test of the denominator is shared by both divisions by it, as in the core.
+    nonzero = None if isinstance(p.total, float) else p.total != 0
+    unit = _safe_divide(xp, 1.0, p.total, 0.0, nonzero) if p.reduction == "mean" else 1.0
 
     def _reduce(r: Array | None, at_zero: float) -> Array | None:
         if r is None:
@@ -337,8 +339,10 @@ def finish(
             out = xp.reshape(r, p.batch_shape)
         elif p.reduction == "sum":
             out = xp.sum(r)
-        else:  # sum / denominator; NaN loss and zero derivatives when it is 0
-            out = xp.sum(r) * unit if at_zero == 0.0 else _safe_divide(xp, xp.sum(r), p.total, at_zero)
+        elif at_zero == 0.0:  # sum / denominator; zero derivatives when it is 0
+            out = xp.sum(r) * unit
+        else:  # the loss: NaN when the denominator is 0
+            out = _safe_divide(xp, xp.sum(r), p.total, at_zero, nonzero)
         return _astype(xp, out, dtype)
 
     def _scaled(g: Array | None) -> Array | None:
