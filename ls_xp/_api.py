@@ -121,10 +121,20 @@ _SHARED_DOC = """
         log-probabilities, as in ``torch.nn.functional.nll_loss`` and ``KLDivLoss``.
     chunk_size : int, optional
         Rows per block. The loss and gradient are evaluated over blocks of rows so that
-        temporaries stay small; the default picks blocks of about 2**18 elements on
-        arrays that can be filled in place (NumPy, PyTorch, CuPy, array-api-strict) and
-        one block for lazy or immutable ones (JAX, Dask). Results do not depend on it
-        beyond the last bit of the summed reductions.
+        temporaries stay small. The default: on the CPU, cache-sized blocks of about
+        2**19 elements (7 * 2**20 for PyTorch) for arrays that can be filled in place
+        (NumPy, PyTorch, array-api-strict); on an accelerator, one block up to 2**28
+        elements; one block for lazy or immutable arrays (JAX, Dask). Results do not
+        depend on it beyond the last bit of the summed reductions.
+    workers : int, optional
+        Threads that evaluate row blocks side by side on the CPU, SciPy's ``workers``: a
+        negative value counts back from the CPUs this process may use (-1: all of them).
+        ``None`` (default): every available CPU for libraries that run each operation on
+        one thread (NumPy, array-api-strict); 1 otherwise. It has no effect (it is only
+        checked) where there are no blocks to share out: PyTorch, which spreads each
+        operation over its own intra-op threads (``torch.set_num_threads``), JAX and Dask
+        (one block), the accelerator plan and inputs of a single block. The results are
+        the same bit for bit whatever the value.
     check_values : bool, optional
         Whether array *values* are read to raise on bad ones (class indices out of range,
         negative weights, ``where`` rows without an allowed class, smoothing out of range).
@@ -198,6 +208,7 @@ def loss_and_grad(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    workers: int | Any | None = None,
     overwrite_logits: bool = False,
     check_values: bool | None = None,
 ) -> tuple[ArrayT, ArrayT]:
@@ -250,6 +261,7 @@ def loss_and_grad(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        workers=workers,
         overwrite_logits=overwrite_logits,
         check_values=check_values,
         want_loss=True,
@@ -270,6 +282,7 @@ def cross_entropy(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    workers: int | Any | None = None,
     check_values: bool | None = None,
 ) -> ArrayT:
     """Softmax cross-entropy against label-smoothed targets.
@@ -319,6 +332,7 @@ def cross_entropy(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        workers=workers,
         check_values=check_values,
         kl=False,
     )
@@ -337,6 +351,7 @@ def cross_entropy_grad(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    workers: int | Any | None = None,
     overwrite_logits: bool = False,
     check_values: bool | None = None,
 ) -> ArrayT:
@@ -378,6 +393,7 @@ def cross_entropy_grad(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        workers=workers,
         overwrite_logits=overwrite_logits,
         check_values=check_values,
         want_loss=False,
@@ -398,6 +414,7 @@ def kl_divergence(
     where: Array | None = None,
     log_probs: bool = False,
     chunk_size: int | Any | None = None,
+    workers: int | Any | None = None,
     check_values: bool | None = None,
 ) -> ArrayT:
     """KL(q || p) between the smoothed targets and the predicted distribution.
@@ -440,6 +457,7 @@ def kl_divergence(
         where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
+        workers=workers,
         check_values=check_values,
         kl=True,
     )

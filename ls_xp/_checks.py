@@ -24,11 +24,13 @@ from typing import Any
 from array_api_compat import (
     array_namespace,
     is_array_api_obj,
+    is_array_api_strict_namespace,
     is_cupy_array,
     is_dask_array,
     is_jax_array,
     is_lazy_array,
     is_numpy_array,
+    is_numpy_namespace,
     is_torch_array,
 )
 from array_api_compat import device as get_device
@@ -231,6 +233,46 @@ def check_chunk_size(value: Any) -> int | None:
     if rows < 1:
         raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {rows}")
     return rows
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a
+    container's or ``taskset``'s limit), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def check_workers(value: Any) -> int | None:
+    """Threads over row blocks, SciPy's ``workers``: a positive count, or a negative one
+    counted back from the CPUs available (-1: all of them); None for the default."""
+    if value is None:
+        return None
+    count = as_int(value, "workers")
+    if count < 0:
+        count += available_cpus() + 1
+        if count < 1:
+            raise ValueError(
+                f"workers={value} counts back past the {available_cpus()} CPU(s) available to this process"
+            )
+    elif count == 0:
+        raise ValueError(
+            "workers must be a positive int, a negative one counted back from the CPUs "
+            "available (-1: all of them), or None; got 0"
+        )
+    return count
+
+
+def default_workers(xp: ModuleType) -> int:
+    """Threads for the CPU plan's row blocks when the caller chose none: every available
+    CPU for libraries that run each operation on one thread (NumPy, and array-api-strict
+    on NumPy), where blocks evaluated side by side are the only parallelism; 1 elsewhere
+    (PyTorch spreads each operation over its own intra-op threads; JAX and Dask arrays
+    are one block, scheduled by their compiler or scheduler)."""
+    if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
+        return available_cpus()
+    return 1
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

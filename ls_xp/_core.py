@@ -37,8 +37,11 @@ back: never on an accelerator.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -394,6 +397,7 @@ class _Spec:
     want_eps_grad: bool
     guard_rows: bool
     inplace: bool
+    workers: int  # threads over row blocks (CPU plan)
     read: bool  # values may be read back (checks that raise); never on the accelerator plan
 
 
@@ -434,6 +438,7 @@ def _evaluate(
     want_target_grad: bool = False,
     want_smoothing_grad: bool = False,
     chunk_size: Any = None,
+    workers: Any = None,
     inplace: bool = True,
     overwrite_logits: Any = False,
     check_values: Any = None,
@@ -458,7 +463,7 @@ def _evaluate(
         convention=_checks.check_choice("convention", convention, _checks.CONVENTIONS),
         log_probs=_checks.as_bool(log_probs, "log_probs"), kl=kl, dtype=dt, want_grad=want_grad,
         want_target_grad=want_target_grad, want_eps_grad=want_smoothing_grad, guard_rows=False,
-        inplace=inplace, read=read,
+        inplace=inplace, workers=_workers(xp, workers, plan), read=read,
     )  # fmt: skip
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     ignore = _checks.as_int(ignore_index, "ignore_index")
@@ -507,6 +512,15 @@ def _evaluate(
         target_grad=_unflatten(tgrad, target.dtype),
         smoothing_grad=_reduce(drow, 0.0),  # a mean over nothing: NaN loss, zero derivatives
     )
+
+
+def _workers(xp: ModuleType, workers: Any, plan: str) -> int:
+    """Threads over row blocks: the caller's ``workers``, else the library's default; the
+    accelerator plan's few large blocks run one after another."""
+    count = _checks.check_workers(workers)
+    if plan != "cpu":
+        return 1
+    return _checks.default_workers(xp) if count is None else count
 
 
 def _rows(
@@ -604,47 +618,89 @@ def _blocks(
     classes = rw.classes
     if dense and classes is None:
         classes = xp.arange(num_classes, device=dev)
-
-    def _fill(buf: Any, sl: slice, block: Any) -> Any:
-        """Write a block's rows into ``buf`` (allocated on first use), in place if possible."""
-        if block is None:
-            return buf
-        if buf is None:
-            buf = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
-        return xpx.at(buf, (sl, slice(None))).set(block)
+    starts = range(0, n_rows, step)
+    fill = len(starts) > 1 or grad_buf is not None  # several blocks fill whole arrays
+    bufs: dict[str, Any] = {}
+    if fill and sp.want_grad:
+        bufs["grad"] = xp.empty((n_rows, num_classes), dtype=dt, device=dev) if grad_buf is None else grad_buf
+    if fill and sp.want_target_grad:
+        bufs["target_grad"] = xp.empty((n_rows, num_classes), dtype=dt, device=dev)
 
     def _sl(a: Any, sl: slice) -> Any:
         return a if a is None or isinstance(a, float) or step >= n_rows else a[sl, ...]
 
-    out: list[_BlockOut] = []
-    tgrad_buf = held = None
-    for lo in range(0, n_rows, step):
-        sl = slice(lo, min(n_rows, lo + step))
+    def run(i: int) -> tuple[_BlockOut, Any]:
+        """Block i, its gradient rows written into the buffers (in place where they are
+        writeable, the only case with several threads); returns the block without them,
+        and its gradient."""
+        sl = slice(starts[i], min(n_rows, starts[i] + step))
+        n = sl.stop - sl.start
         b = _block(
             xp, sp, _astype(xp, _sl(rw.x, sl), dt),
             y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
             valid=_sl(rw.valid, sl), ok=_sl(rw.ok, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
-            pk=_Picks(rows if sl.stop - lo == rows.shape[0] else rows[: sl.stop - lo, ...], classes, dense),
+            pk=_Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense),
         )  # fmt: skip
-        if step < n_rows or grad_buf is not None:  # several blocks: fill the whole arrays
-            grad_buf = _fill(grad_buf, sl, b.grad)
-            tgrad_buf = _fill(tgrad_buf, sl, b.target_grad)
-            # The previous block's gradient stays alive until this one is written: the
-            # allocator then reuses its memory for the next block instead of handing the
-            # pages back to the OS and faulting them in again (glibc trims a free heap top;
-            # measured 0.73 s -> 0.23 s at 4096 x 32000 float32 on NumPy).
-            held = b.grad
-            b = b._replace(grad=None, target_grad=None)
-        out.append(b)
-    del held  # (kept alive on purpose, see above)
+        if not fill:
+            return b, None
+        for name, block in (("grad", b.grad), ("target_grad", b.target_grad)):
+            if block is not None:
+                bufs[name] = xpx.at(bufs[name], (sl, slice(None))).set(block)
+        return b._replace(grad=None, target_grad=None), b.grad
+
+    # threads only share buffers written in place (not lazy Dask graphs, not JAX arrays)
+    shared = fill and _checks.is_concrete(rw.x) and all(is_writeable_array(buf) for buf in bufs.values())
+    out = _run_blocks(run, len(starts), min(sp.workers, len(starts)) if shared else 1)
     row = out[0].row if len(out) == 1 else xp.concat([b.row for b in out])
     drow = None
     if sp.want_eps_grad:
         drow = out[0].eps_row if len(out) == 1 else xp.concat([b.eps_row for b in out])
-    grad = grad_buf if grad_buf is not None else out[0].grad
-    tgrad = tgrad_buf if tgrad_buf is not None else out[0].target_grad
+    grad = bufs.get("grad", out[0].grad)
+    tgrad = bufs.get("target_grad", out[0].target_grad)
     return row, drow, grad, tgrad
+
+
+def _run_blocks(run: Callable[[int], tuple[_BlockOut, Any]], count: int, workers: int) -> list[_BlockOut]:
+    """``run(i)`` for every block i, on ``workers`` threads (the caller's among them),
+    each taking the next block when it is done with one; the results in block order.
+
+    Blocks are independent and write disjoint rows, so the results do not depend on the
+    threads, bit for bit. Threads help where the library runs each operation on one
+    thread and releases the GIL while it computes (NumPy). Each thread keeps its previous
+    block's gradient alive until the next one is written: the allocator then reuses its
+    memory for the next block instead of handing the pages back to the OS and faulting
+    them in again (glibc trims a free heap top; measured 0.73 s -> 0.23 s at 4096 x 32000
+    float32 on NumPy).
+    """
+    out: list[Any] = [None] * count
+    jobs = iter(range(count))
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def work() -> None:
+        held = None  # (kept alive on purpose, see above)
+        while not failed.is_set():
+            with lock:
+                i = next(jobs, None)
+            if i is None:
+                return
+            try:
+                out[i], held = run(i)
+            except BaseException:
+                failed.set()  # the other threads stop at their next block
+                raise
+        del held
+
+    if workers <= 1:
+        work()
+        return out
+    with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="ls_xp") as pool:
+        helpers = [pool.submit(work) for _ in range(workers - 1)]
+        work()
+        for h in helpers:
+            h.result()  # (re-raises a helper's error)
+    return out
 
 
 # elements per block: temporaries of a block stay cache-sized (2 MiB each in float32).

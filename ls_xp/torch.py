@@ -426,7 +426,12 @@ _CPU_BLOCK_ELEMENTS = 7 << 20
 
 
 def _with_block_size(logits: torch.Tensor, options: dict[str, Any]) -> dict[str, Any]:
-    """The PyTorch CPU plan's rows per block, unless the caller chose ``chunk_size``."""
+    """The PyTorch CPU plan's rows per block, unless the caller chose ``chunk_size``; and
+    ``workers`` checked and taken out: PyTorch spreads each operation over its own
+    intra-op threads, so its blocks run one after another."""
+    if "workers" in options:
+        _checks.check_workers(options["workers"])
+        options = {k: v for k, v in options.items() if k != "workers"}
     if options.get("chunk_size") is not None or logits.ndim < 1 or _checks.plan(logits) != "cpu":
         return options
     try:

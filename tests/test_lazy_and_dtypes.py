@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from array_api_compat import array_namespace
 
 import ls_xp
 from tests._cases import NumpyXB, call, random_problem
@@ -143,6 +144,96 @@ def test_chunk_size_must_be_a_positive_int(bad):
     error, message = (ValueError, "a positive int") if bad < 1 else (TypeError, "an integer")
     with pytest.raises(error, match=f"chunk_size must be {message}"):
         ls_xp.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), chunk_size=bad)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, -1])
+def test_threads_over_blocks_give_the_same_bits(xb, workers):
+    """Row blocks on several threads: the same loss and gradient, bit for bit, for class
+    indices (weights, ignored rows, a class mask, both conventions) and probabilities."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(61, 9)) * 3
+    y = rng.integers(0, 9, 61)
+    y[::6] = -100
+    cases = [
+        (y, dict(weight=xb.asarray(np.linspace(0.5, 2, 9)))),
+        (
+            np.where(y == 4, 5, y),
+            dict(where=xb.asarray(np.arange(9) != 4), convention="others", reduction="none"),
+        ),
+        (y, dict(overwrite_logits=True)),
+        (rng.dirichlet(np.ones(9), size=61), dict(reduction="sum")),
+    ]
+    for t, kw in cases:
+        one = ls_xp.loss_and_grad(xb.asarray(x), xb.asarray(t), 0.2, chunk_size=5, workers=1, **kw)
+        many = ls_xp.loss_and_grad(xb.asarray(x), xb.asarray(t), 0.2, chunk_size=5, workers=workers, **kw)
+        np.testing.assert_array_equal(xb.np(many[0]), xb.np(one[0]))
+        np.testing.assert_array_equal(xb.np(many[1]), xb.np(one[1]))
+    loss = ls_xp.cross_entropy(xb.asarray(x), xb.asarray(y), 0.1, chunk_size=5, workers=workers)
+    np.testing.assert_array_equal(xb.np(loss), xb.np(ls_xp.cross_entropy(xb.asarray(x), xb.asarray(y), 0.1)))
+
+
+def test_blocks_run_side_by_side_on_the_threads_asked_for(monkeypatch):
+    """With workers=2 two blocks are in flight at once: each of the first two waits for
+    the other at a barrier, which a single thread would never pass."""
+    import threading
+
+    from ls_xp import _core
+
+    barrier = threading.Barrier(2, timeout=30)
+    threads = set()
+    block = _core._block
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        if len(threads) <= 2 and barrier.n_waiting < 2 and not barrier.broken:
+            barrier.wait()
+        return block(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "_block", spy)
+    x, y = np.random.default_rng(5).normal(size=(40, 7)), np.arange(40) % 7
+    ls_xp.loss_and_grad(x, y, 0.1, chunk_size=4, workers=2)
+    assert len(threads) == 2
+
+
+def test_an_error_in_a_helper_thread_reaches_the_caller(monkeypatch):
+    from ls_xp import _core
+
+    block = _core._block
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("block 3 failed")
+        return block(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "_block", failing)
+    x, y = np.random.default_rng(6).normal(size=(40, 7)), np.arange(40) % 7
+    with pytest.raises(MemoryError, match="block 3 failed"):
+        ls_xp.loss_and_grad(x, y, 0.1, chunk_size=4, workers=2)
+
+
+def test_default_workers_follow_the_library():
+    from ls_xp import _checks
+
+    assert _checks.default_workers(array_namespace(np.zeros(1))) == _checks.available_cpus()
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    assert _checks.default_workers(array_namespace(torch.zeros(1))) == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (0, ValueError, "workers must be a positive int, a negative one counted back"),
+        (-(10**6), ValueError, r"workers=-1000000 counts back past the \d+ CPU"),
+        (1.5, TypeError, "workers must be an integer, got 1.5"),
+        (True, TypeError, "workers must be an integer, got True"),
+        ("2", TypeError, "workers must be an integer, got '2'"),
+    ],
+)
+def test_workers_must_be_a_nonzero_int(xb, bad, error, message):
+    with pytest.raises(error, match=message):
+        ls_xp.cross_entropy(xb.asarray(np.zeros((2, 3))), xb.asarray(np.array([0, 1])), workers=bad)
 
 
 def test_overwrite_logits_writes_the_gradient_into_the_callers_buffer(xb):
