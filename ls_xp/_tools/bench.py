@@ -9,7 +9,9 @@ host memory beyond the inputs (peak RSS less the RSS before the first run), on a
 device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
 JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage``'s minor
 page faults over the timed runs, times the page size: the fresh pages the kernel had to hand
-out, which on a CPU is often a large part of the time), and for PyTorch the operations and
+out, which on a CPU is often a large part of the time; a lower bound where the library asks
+for transparent huge pages, as NumPy does for large arrays, since one fault then maps 2 MiB),
+and for PyTorch the operations and
 host synchronisations of one call (PyTorch profiler: top-level ``aten::`` operations, and
 ``_local_scalar_dense`` events, one per value read back by ``bool()``, ``.item()`` or
 ``float()``; on a GPU each operation is at least one kernel launch and each read a
