@@ -38,6 +38,7 @@ back: never on an accelerator.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import functools
 import math
 import threading
@@ -696,7 +697,9 @@ def _run_blocks(run: Callable[[int], tuple[_BlockOut, Any]], count: int, workers
         work()
         return out
     with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="ls_xp") as pool:
-        helpers = [pool.submit(work) for _ in range(workers - 1)]
+        # each helper runs in a copy of the caller's context, so that context-local
+        # settings (NumPy's errstate) hold in every block alike
+        helpers = [pool.submit(contextvars.copy_context().run, work) for _ in range(workers - 1)]
         work()
         for h in helpers:
             h.result()  # (re-raises a helper's error)

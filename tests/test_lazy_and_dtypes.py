@@ -213,6 +213,34 @@ def test_an_error_in_a_helper_thread_reaches_the_caller(monkeypatch):
         ls_xp.loss_and_grad(x, y, 0.1, chunk_size=4, workers=2)
 
 
+def test_helper_threads_keep_the_callers_numpy_errstate(monkeypatch):
+    """Blocks on helper threads run under the caller's NumPy errstate (a copy of its
+    context), so errstate(invalid="raise") raises wherever the invalid operation falls."""
+    import threading
+
+    from ls_xp import _core
+
+    barrier = threading.Barrier(2, timeout=30)
+    seen = {}
+    block = _core._block
+
+    def spy(*args, **kwargs):
+        seen[threading.get_ident()] = np.geterr()["invalid"]
+        if len(seen) <= 2 and not barrier.broken and barrier.n_waiting < 2:
+            barrier.wait()  # two blocks in flight: both threads take part
+        return block(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "_block", spy)
+    x = np.random.default_rng(7).normal(size=(40, 5))
+    with np.errstate(invalid="raise"):
+        ls_xp.loss_and_grad(x, np.arange(40) % 5, 0.1, chunk_size=4, workers=2)
+    assert len(seen) == 2 and set(seen.values()) == {"raise"}
+    monkeypatch.setattr(_core, "_block", block)
+    x[::4, 1] = np.inf  # inf - inf while shifting: an invalid operation in every block
+    with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+        ls_xp.loss_and_grad(x, np.arange(40) % 5, 0.1, chunk_size=4, workers=2)
+
+
 def test_default_workers_follow_the_library():
     from ls_xp import _checks
 
