@@ -410,7 +410,6 @@ class _Rows:
     y: Array | None  # class indices as a column (N, 1), clipped into [0, K); or None
     t: Array | None  # probability targets, or None
     valid: Array | None  # not ignored, (N, 1)
-    ok: Array | None  # the class index is in range and allowed, (N, 1)
     m: Array | None  # allowed classes
     w: Array | None  # class weights (K,)
     w_y: Array | None  # weight of each row's class, (N, 1)
@@ -489,14 +488,20 @@ def _evaluate(
     batch_shape = shape[:ax] + shape[ax + 1 :]
 
     def _reduce(r: Array | None, at_zero: float) -> Array | None:
+        """Per-row values times the row factors (class indices: 0 at ignored rows, NaN
+        at bad ones, 1 / the total weight for "mean"), then reduced."""
         if r is None:
             return None
+        if not isinstance(rows.factor, float):
+            r = r * rows.factor
         if reduction == "none":
             out = xp.reshape(r, batch_shape)
         elif reduction == "sum":
             out = xp.sum(r)
-        else:
-            out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero, rows.nonzero)
+        elif rows.nonzero is None:  # probabilities: the mean over the positions
+            out = _safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
+        else:  # (the factors are 0 where the total weight is 0: at_zero is 0 already)
+            out = xp.sum(r) if at_zero == 0.0 else xp.where(rows.nonzero, xp.sum(r), at_zero)
         return _astype(xp, out, dt if loss_in_compute_dtype else logits.dtype)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
@@ -565,7 +570,7 @@ def _rows(
         t = _as_rows(xp, target, ax)
         total = float(n_rows)
         factor = 1.0 if reduction != "mean" else _safe_divide(xp, 1.0, total, 0.0)
-        return _Rows(x, None, t, None, None, m, w, None, w_sum, factor, total, None, classes)
+        return _Rows(x, None, t, None, m, w, None, w_sum, factor, total, None, classes)
 
     y = _astype(xp, xp.reshape(target, (-1, 1)), index_dtype)  # a column, like every per-row array
     valid, ok, safe = _class_indices(xp, y, num_classes, ignore_index, sp.read)
@@ -588,7 +593,7 @@ def _rows(
     else:
         per_row = xp.astype(valid, dt)
     factor = xp.where(valid, xp.where(ok, per_row, math.nan), 0.0)
-    return _Rows(x, y, None, valid, ok, m, w, w_y, w_sum, factor, total_weight, nonzero, classes)
+    return _Rows(x, y, None, valid, m, w, w_y, w_sum, factor, total_weight, nonzero, classes)
 
 
 def _as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
@@ -609,8 +614,8 @@ def _blocks(
     if n_rows == 0:  # nothing to evaluate (lazy reductions refuse empty input)
         empty = xp.zeros((0, num_classes), dtype=dt, device=dev)
         return (
-            xp.zeros((0,), dtype=dt, device=dev),
-            xp.zeros((0,), dtype=dt, device=dev) if sp.want_eps_grad else None,
+            xp.zeros((0, 1), dtype=dt, device=dev),
+            xp.zeros((0, 1), dtype=dt, device=dev) if sp.want_eps_grad else None,
             empty if sp.want_grad else None,
             empty if sp.want_target_grad else None,
         )
@@ -639,7 +644,7 @@ def _blocks(
         b = _block(
             xp, sp, _astype(xp, _sl(rw.x, sl), dt),
             y=_sl(rw.y, sl), t=None if rw.t is None else _astype(xp, _sl(rw.t, sl), dt),
-            valid=_sl(rw.valid, sl), ok=_sl(rw.ok, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
+            valid=_sl(rw.valid, sl), m=_sl(rw.m, sl), w=rw.w, w_y=_sl(rw.w_y, sl),
             w_sum=rw.w_sum, factor=_sl(rw.factor, sl),
             pk=_Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense),
         )  # fmt: skip
@@ -744,8 +749,8 @@ def _block_rows(x: Array, chunk_size: int | None, plan: str = "cpu") -> int:
 
 
 class _BlockOut(NamedTuple):
-    row: Array  # per-row losses
-    eps_row: Array | None  # per-row d loss / d eps
+    row: Array  # per-row losses, (n, 1), before the row factors (the reduction's)
+    eps_row: Array | None  # per-row d loss / d eps, likewise
     grad: Array | None  # gradient rows times the row factor
     target_grad: Array | None
 
@@ -758,7 +763,6 @@ def _block(
     y: Array | None,
     t: Array | None,
     valid: Array | None,
-    ok: Array | None,
     m: Array | None,
     w: Array | None,
     w_y: Array | None,
@@ -766,8 +770,17 @@ def _block(
     factor: float | Array,
     pk: _Picks,
 ) -> _BlockOut:
-    """Per-row losses, and the gradient rows times ``factor``, for one block of rows."""
+    """Per-row losses, and the gradient rows times ``factor``, for one block of rows.
+
+    The losses are not yet masked or scaled (the reduction multiplies them by the row
+    factors); so that an ignored row (factor 0) adds exactly 0 whatever its logits, its
+    logits are replaced by 0 and its classes all allowed where ``guard_rows`` says that
+    ignored rows may be present."""
     num_classes = x.shape[1]
+    if sp.guard_rows:
+        assert valid is not None
+        x = xp.where(valid, x, 0.0)
+        m = m if m is None else m | ~valid
     # allowed classes per row and the (masked) class weights cw; S_w = sum_c cw_c
     if m is None:
         k_n: float | Array = float(num_classes)
@@ -781,8 +794,8 @@ def _block(
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     if t is not None:
         return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
-    assert y is not None and valid is not None and ok is not None
-    return _index_block(xp, sp, ls, x, y, valid, ok, cw, w_y, k_n, s_w, factor, pk)
+    assert y is not None
+    return _index_block(xp, sp, ls, x, y, cw, w_y, k_n, s_w, factor, pk)
 
 
 @dataclass(frozen=True)
@@ -868,8 +881,6 @@ def _index_block(
     ls: _LogSoftmax,
     x: Array,
     y: Array,
-    valid: Array,
-    ok: Array,
     cw: Array | None,
     w_y: Array | None,
     k_n: float | Array,
@@ -917,18 +928,14 @@ def _index_block(
             row = row - _weighted(xp, b, z_sum)
     if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
         row = row + wy * _xlogx(xp, q_y) + _xlogx(xp, b) * (s_w - wy)
-    row = xp.where(valid, xp.where(ok, row, math.nan), 0.0)
     drow = None
     if sp.want_eps_grad:
         assert z_sum is not None
         drow = _index_eps_row(xp, sp, k_n, q_y, b, wy, s_w, l1, z_y, z_sum)
-        drow = xp.where(valid, xp.where(ok, drow, math.nan), 0.0)
     g = None
     if sp.want_grad:
         coefs = (q_y, a, b, others, q_w)
         g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w, factor, pk, smoothing)
-        if sp.guard_rows:
-            g = xp.where(valid, g, 0.0)
     return _BlockOut(row, drow, g, None)
 
 
