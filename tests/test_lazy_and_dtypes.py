@@ -242,6 +242,22 @@ def test_helper_threads_keep_the_callers_numpy_errstate(monkeypatch):
         ls_xp.loss_and_grad(x, np.arange(40) % 5, 0.1, chunk_size=4, workers=2)
 
 
+def test_workers_count_the_cpus_this_process_may_use(monkeypatch):
+    """An affinity mask (taskset, a container's CPU set) limits the default and -1."""
+    import os
+
+    from ls_xp import _checks
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert _checks.available_cpus() == 1
+    assert _checks.default_workers(array_namespace(np.zeros(1))) == 1
+    assert _checks.check_workers(-1) == 1
+    with pytest.raises(ValueError, match=r"workers=-2 counts back past the 1 CPU\(s\) available"):
+        _checks.check_workers(-2)
+
+
 def test_default_workers_follow_the_library():
     from ls_xp import _checks
 

@@ -572,10 +572,16 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def machine() -> str:
+    """The machine in one line; the CPUs this process may use, if fewer than all, since
+    ls_xp's NumPy blocks run on that many threads by default (``workers``)."""
     import platform
 
+    from ls_xp._checks import available_cpus
+
     py = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {py}, {platform.system()}"
+    cpus, usable = os.cpu_count(), available_cpus()
+    cpu_text = f"{cpus} CPUs" + ("" if usable == cpus else f" ({usable} available to this process)")
+    return f"{platform.machine()}, {cpu_text}, Python {py}, {platform.system()}"
 
 
 def format_report(report: dict[str, Any]) -> str:
