@@ -685,18 +685,17 @@ def _run_blocks(run: Callable[[int], tuple[_BlockOut, Any]], count: int, workers
     failed = threading.Event()
 
     def work() -> None:
-        held = None  # (kept alive on purpose, see above)
+        _held = None  # the previous block's gradient, released only when the next is written
         while not failed.is_set():
             with lock:
                 i = next(jobs, None)
             if i is None:
                 return
             try:
-                out[i], held = run(i)
+                out[i], _held = run(i)
             except BaseException:
                 failed.set()  # the other threads stop at their next block
                 raise
-        del held
 
     if workers <= 1:
         work()

@@ -11,11 +11,10 @@ JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage`
 page faults over the timed runs, times the page size: the fresh pages the kernel had to hand
 out, which on a CPU is often a large part of the time; a lower bound where the library asks
 for transparent huge pages, as NumPy does for large arrays, since one fault then maps 2 MiB),
-and for PyTorch the operations and
-host synchronisations of one call (PyTorch profiler: top-level ``aten::`` operations, and
-``_local_scalar_dense`` events, one per value read back by ``bool()``, ``.item()`` or
-``float()``; on a GPU each operation is at least one kernel launch and each read a
-synchronisation).
+and for PyTorch the operations and host synchronisations of one call (PyTorch profiler:
+top-level ``aten::`` operations, and ``_local_scalar_dense`` events, one per value read
+back by ``bool()``, ``.item()`` or ``float()``; on a GPU each operation is at least one
+kernel launch and each read a synchronisation).
 ``busy=True`` keeps one core busy with a spinning process while measuring.
 
 The peers (written here as baselines, or the libraries' own functions):
