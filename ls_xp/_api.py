@@ -1,21 +1,19 @@
-"""The public loss functions, and the dispatch to the autodiff adapters.
+"""The public functions: their signatures and documentation, validation at the door,
+and the dispatch to the adapter of the logits' library (:mod:`ls_xp._adapters`).
 
-The math lives in :mod:`ls_xp._core`. This layer only decides *how* to call it: PyTorch
-tensors go through ``ls_xp.torch`` (an ``autograd.Function`` whose backward is the
-analytic gradient where anything needs a gradient, a custom operator inside compilers, the
-PyTorch block size), JAX arrays through ``ls_xp.jax`` (a ``custom_jvp`` rule); every other
-array calls the core directly. No framework is imported here: arrays are recognised by
-``isinstance`` against libraries that are already imported.
+Each function normalises its scalar keywords once into an :class:`ls_xp._validate.Options`
+and joins NumPy inputs to the library of the other arrays (:func:`ls_xp._validate.join_library`);
+the adapter does the rest. No framework is imported here.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from ls_xp import _docstrings
-from ls_xp._core import _evaluate
+from ls_xp._adapters import GENERIC, Adapter, is_jax_array, is_torch_array
 from ls_xp._typing import ArrayT, Convention, Reduction
+from ls_xp._validate import Options, join_library, options
 
 Array = Any  # targets, weights and masks: arrays of the logits' library, NumPy or Python values
 
@@ -29,43 +27,30 @@ __all__ = [
 ]
 
 
-def _instance_of(x: Any, module: str, cls: str) -> bool:
-    """``isinstance(x, module.cls)`` without importing the module: an array of a library
-    that was never imported cannot exist. (Cheap for torch.compile to trace.)"""
-    mod = sys.modules.get(module)
-    return mod is not None and isinstance(x, getattr(mod, cls))
+def adapter_for(x: Any) -> Adapter:
+    """The adapter of the library of ``x`` (imported the first time it is needed)."""
+    if is_torch_array(x):
+        from ls_xp.torch._adapter import ADAPTER as TORCH
+
+        return TORCH
+    if is_jax_array(x):
+        from ls_xp.jax._adapter import ADAPTER as JAX
+
+        return JAX
+    return GENERIC
 
 
-def is_torch_array(x: Any) -> bool:
-    return _instance_of(x, "torch", "Tensor")
+def _loss(logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: Options, kl: bool) -> Any:
+    logits = join_library(logits, target, weight, where, smoothing)
+    return adapter_for(logits).loss(logits, target, smoothing, weight, where, opts, kl=kl)
 
 
-def is_jax_array(x: Any) -> bool:
-    return _instance_of(x, "jax", "Array") or _instance_of(x, "jax.core", "Tracer")
-
-
-def _loss(*args: Any, kl: bool, **kwargs: Any) -> Array:
-    logits = args[0]
-    if is_torch_array(logits):
-        from ls_xp import torch as adapter
-
-        return adapter.value(*args, kl=kl, **kwargs)
-    if is_jax_array(logits):
-        from ls_xp import jax as jax_adapter
-
-        return jax_adapter.loss(*args, kl=kl, **kwargs)
-    return _evaluate(*args, kl=kl, want_loss=True, want_grad=False, **kwargs).loss
-
-
-def _values(*args: Any, want_loss: bool, **kwargs: Any) -> tuple[Any, Any]:
+def _values(
+    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: Options, want_loss: bool
+) -> tuple[Any, Any]:
     """Loss and analytic gradient as plain values (no autodiff graph is recorded)."""
-    if is_torch_array(args[0]):
-        from ls_xp import torch as adapter
-
-        res = adapter.values(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
-        return res.loss, res.grad
-    res = _evaluate(*args, kl=False, want_loss=want_loss, want_grad=True, **kwargs)
-    return res.loss, res.grad
+    logits = join_library(logits, target, weight, where, smoothing)
+    return adapter_for(logits).values(logits, target, smoothing, weight, where, opts, want_loss=want_loss)
 
 
 def loss_and_grad(
@@ -122,23 +107,18 @@ def loss_and_grad(
     >>> bool(np.allclose(grad.sum(axis=-1), 0.0))  # softmax minus a distribution, per row
     True
     """
-    loss, grad = _values(
-        logits,
-        target,
-        smoothing,
+    opts = options(
         reduction=reduction,
-        weight=weight,
         ignore_index=ignore_index,
         axis=axis,
         convention=convention,
-        where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
         workers=workers,
         overwrite_logits=overwrite_logits,
         check_values=check_values,
-        want_loss=True,
     )
+    loss, grad = _values(logits, target, smoothing, weight, where, opts, want_loss=True)
     return loss, grad
 
 
@@ -193,22 +173,17 @@ def cross_entropy(
     >>> float(ls_xp.cross_entropy(x, y, 0.1, convention="others")) > float(ls_xp.cross_entropy(x, y, 0.1))
     True
     """
-    return _loss(
-        logits,
-        target,
-        smoothing,
+    opts = options(
         reduction=reduction,
-        weight=weight,
         ignore_index=ignore_index,
         axis=axis,
         convention=convention,
-        where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
         workers=workers,
         check_values=check_values,
-        kl=False,
     )
+    return _loss(logits, target, smoothing, weight, where, opts, kl=False)
 
 
 def cross_entropy_grad(
@@ -254,23 +229,18 @@ def cross_entropy_grad(
     >>> g.tolist()  # softmax minus one-hot
     [[-0.5, 0.5]]
     """
-    _, grad = _values(
-        logits,
-        target,
-        smoothing,
+    opts = options(
         reduction=reduction,
-        weight=weight,
         ignore_index=ignore_index,
         axis=axis,
         convention=convention,
-        where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
         workers=workers,
         overwrite_logits=overwrite_logits,
         check_values=check_values,
-        want_loss=False,
     )
+    _, grad = _values(logits, target, smoothing, weight, where, opts, want_loss=False)
     return grad
 
 
@@ -318,22 +288,17 @@ def kl_divergence(
     >>> abs(float(ls_xp.kl_divergence(np.log(q), np.array([1]), 0.3, log_probs=True))) < 1e-15
     True
     """
-    return _loss(
-        logits,
-        target,
-        smoothing,
+    opts = options(
         reduction=reduction,
-        weight=weight,
         ignore_index=ignore_index,
         axis=axis,
         convention=convention,
-        where=where,
         log_probs=log_probs,
         chunk_size=chunk_size,
         workers=workers,
         check_values=check_values,
-        kl=True,
     )
+    return _loss(logits, target, smoothing, weight, where, opts, kl=True)
 
 
 for _f in (loss_and_grad, cross_entropy, cross_entropy_grad, kl_divergence):
@@ -403,25 +368,15 @@ def linear_cross_entropy(
     >>> bool(np.isclose(fused, ls_xp.cross_entropy(h @ W.T, y, 0.1), rtol=1e-14))
     True
     """
-    h: Any = hidden  # (the adapters' signatures name their own array types)
-    options: dict[str, Any] = dict(
-        bias=bias, reduction=reduction, weight=weight, ignore_index=ignore_index, convention=convention,
-        chunk_size=chunk_size, check_values=check_values,
-    )  # fmt: skip
-    if is_torch_array(h):
-        from ls_xp import torch as adapter
-
-        out: Any = adapter.linear_loss(h, classifier, target, smoothing, **options)
-        return out
-    if is_jax_array(h):
-        from ls_xp import jax as jax_adapter
-
-        return jax_adapter.linear_loss(h, classifier, target, smoothing, **options)
-    from ls_xp._linear import _evaluate_linear
-
-    loss = _evaluate_linear(h, classifier, target, smoothing, **options).loss
-    assert loss is not None
-    return loss
+    opts = options(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        convention=convention,
+        chunk_size=chunk_size,
+        check_values=check_values,
+    )
+    h: Any = join_library(hidden, classifier, target, bias, weight, name="hidden")
+    return adapter_for(h).linear_loss(h, classifier, target, smoothing, bias, weight, opts)
 
 
 def linear_loss_and_grad(
@@ -470,23 +425,15 @@ def linear_loss_and_grad(
     >>> bool(np.allclose(g_h, g @ W) and np.allclose(g_W, g.T @ h)), g_b is None
     (True, True)
     """
-    from ls_xp._linear import _evaluate_linear
-
-    options: dict[str, Any] = dict(
-        bias=bias, reduction=reduction, weight=weight, ignore_index=ignore_index, convention=convention,
-        chunk_size=chunk_size, check_values=check_values, want_grad=True,
-    )  # fmt: skip
-    h: Any = hidden
-    if is_torch_array(h):
-        from ls_xp import torch as adapter
-
-        res = adapter.linear_values(h, classifier, target, smoothing, **options)
-    elif is_jax_array(h):
-        from ls_xp import jax as jax_adapter
-
-        res = jax_adapter.linear_values(h, classifier, target, smoothing, **options)
-    else:
-        res = _evaluate_linear(h, classifier, target, smoothing, **options)
+    opts = options(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        convention=convention,
+        chunk_size=chunk_size,
+        check_values=check_values,
+    )
+    h: Any = join_library(hidden, classifier, target, bias, weight, name="hidden")
+    res = adapter_for(h).linear_values(h, classifier, target, smoothing, bias, weight, opts)
     out: Any = (res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias)
     return out
 

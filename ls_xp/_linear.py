@@ -13,8 +13,8 @@ evaluated over blocks B of rows so that the N x V logits never exist. For each b
 The per-row losses and G_B come from the core of :func:`ls_xp.cross_entropy` (the
 log1p form with non-negative terms, the -inf rule, both conventions), so the fused loss
 equals the unfused one up to the order of the matmul's additions. Nothing here imports a
-framework: the adapters (``ls_xp.torch``, ``ls_xp.jax``) call :func:`_setup` and
-:func:`_block` from their autodiff rules, the eager loop (:func:`_evaluate`) serves NumPy,
+framework: the adapters (``ls_xp.torch``, ``ls_xp.jax``) call :func:`setup` and
+:func:`block` from their autodiff rules, the eager loop (:func:`evaluate_linear`) serves NumPy,
 CuPy, array-api-strict and Dask (one lazy block: Dask's scheduler streams its row chunks).
 
 The "mean" denominator (sum of w_y over the rows not ignored) depends on the targets
@@ -37,17 +37,13 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace
 from array_api_compat import device as get_device
 
-from ls_xp import _checks
-from ls_xp._core import _astype, _class_indices, _class_weight, _evaluate, _safe_divide, _total_weight
+from ls_xp import _plan
+from ls_xp import _validate as v
+from ls_xp._evaluate import Request, class_indices, evaluate, total_weight
+from ls_xp._math import astype, safe_divide
 
 Array = Any
 
-# elements of one block of logits (see block_rows): 64 MiB of float32 on the CPU plan,
-# 256 MiB on the accelerator plan
-_BLOCK_ELEMENTS = 1 << 24
-_ACCELERATOR_BLOCK_ELEMENTS = 1 << 26
-# elements of one temporary slice of the classifier's gradient (see _add_gram)
-_GRAM_ELEMENTS = 1 << 21
 
 
 class LinearResult(NamedTuple):
@@ -80,45 +76,37 @@ class Problem:
     plan: str
 
 
-def _setup(
+def setup(
     hidden: Array,
     classifier: Array,
     target: Array,
-    smoothing: Any = 0.1,
-    *,
-    bias: Array | None = None,
-    reduction: str = "mean",
-    weight: Array | None = None,
-    ignore_index: Any = -100,
-    convention: str = "uniform",
-    check_values: Any = None,
+    smoothing: Any,
+    bias: Array | None,
+    weight: Array | None,
+    opts: v.Options,
 ) -> Problem:
     """Check the arguments (shapes, dtypes, and label and weight values where they may be
     read) and compute the "mean" denominator."""
     xp = array_namespace(hidden)
     dev = get_device(hidden)
-    plan = _checks.plan(hidden)
-    read = plan == "cpu"
-    if check_values is not None:
-        read = _checks.as_bool(check_values, "check_values")
-    _checks.check_floating(xp, hidden, "hidden")
-    classifier = _checks.same_namespace(xp, dev, classifier, "classifier", like="hidden")
-    bias = _checks.same_namespace(xp, dev, bias, "bias", like="hidden")
-    target = _checks.same_namespace(xp, dev, target, "target", like="hidden")
-    weight = _checks.same_namespace(xp, dev, weight, "weight", like="hidden")
+    plan = _plan.plan(hidden)
+    read = plan == "cpu" if opts.check_values is None else opts.check_values
+    v.check_floating(xp, hidden, "hidden")
+    classifier = v.same_namespace(xp, dev, classifier, "classifier", like="hidden")
+    bias = v.same_namespace(xp, dev, bias, "bias", like="hidden")
+    target = v.same_namespace(xp, dev, target, "target", like="hidden")
+    weight = v.same_namespace(xp, dev, weight, "weight", like="hidden")
     h_shape, num_classes = _check_shapes(xp, hidden, classifier, bias, target)
-    convention = _checks.check_choice("convention", convention, _checks.CONVENTIONS)
-    reduction = _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
-    _checks.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
-    ignore = _checks.as_int(ignore_index, "ignore_index")
+    convention, reduction, ignore = opts.convention, opts.reduction, opts.ignore_index
+    v.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
     dt = xp.result_type(hidden.dtype, xp.float32)
-    eps = _checks.check_smoothing(xp, smoothing, dt, dev, read)
-    w = _class_weight(xp, weight, num_classes, dt, read)
+    eps = v.check_smoothing(xp, smoothing, dt, dev, read)
+    w = v.class_weight(xp, weight, num_classes, dt, read)
     y = xp.reshape(target, (-1,))
-    valid, _, safe = _class_indices(xp, y, num_classes, ignore, read)
+    valid, _, safe = class_indices(xp, y, num_classes, ignore, read)
     total: float | Array = 1.0
     if reduction == "mean":  # a bad index counts with its clipped class: its loss is NaN anyway
-        total = _total_weight(xp, valid, None if w is None else xp.take(w, safe, axis=0), dt)
+        total = total_weight(xp, valid, None if w is None else xp.take(w, safe, axis=0), dt)
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
         convention, total, h_shape[:-1], read, plan,
@@ -130,7 +118,7 @@ def _check_shapes(
 ) -> tuple[tuple[int, ...], int]:
     """hidden (..., D), classifier (V, D), bias (V,), target ``hidden.shape[:-1]`` of
     integers, one dtype: the shape of ``hidden`` and V, or an error naming the argument."""
-    h_shape = _checks.check_known_shape(hidden, "hidden")
+    h_shape = v.check_known_shape(hidden, "hidden")
     if len(h_shape) < 1:
         raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
     if classifier.ndim != 2 or classifier.shape[1] != h_shape[-1]:
@@ -161,7 +149,7 @@ class BlockOut(NamedTuple):
     grad_bias: Array | None  # this block's part of db (V,)
 
 
-def _block(
+def block(
     p: Problem,
     hidden: Array,
     target: Array,
@@ -182,11 +170,14 @@ def _block(
     logits = hidden @ xp.matrix_transpose(p.classifier)
     if p.bias is not None:
         logits = logits + p.bias
-    res = _evaluate(
-        logits, target, p.eps, reduction="none", weight=p.weight, ignore_index=p.ignore_index,
-        convention=p.convention, want_grad=want_grad, want_smoothing_grad=want_smoothing_grad,
-        chunk_size=chunk_size, overwrite_logits=True, check_values=False, loss_in_compute_dtype=True,
-    )  # fmt: skip
+    # the block's rows summed (the "mean" factor is applied by finish); the gradient may
+    # replace the block's logits, which are ours
+    opts = v.Options(
+        reduction="none", ignore_index=p.ignore_index, convention=p.convention, chunk_size=chunk_size,
+        overwrite_logits=True, check_values=False,
+    )
+    req = Request(grad=want_grad, smoothing_grad=want_smoothing_grad, loss_in_compute_dtype=True)
+    res = evaluate(logits, target, p.eps, p.weight, None, opts, req)
     assert res.loss is not None
     g = res.grad  # in the buffer of ``logits`` where that is writeable
     del logits
@@ -211,61 +202,53 @@ def _add_gram(xp: ModuleType, total: Array, g: Array, h: Array, whole: bool = Fa
     """``total + g^T h`` in place, class slice by class slice: the temporary product is one
     slice of about 2^21 elements (8 MiB of float32) and the matmuls stay large."""
     num_classes, dim = total.shape
-    step = num_classes if whole else max(1, _GRAM_ELEMENTS // max(dim, 1))
+    step = num_classes if whole else max(1, _plan.GRAM_ELEMENTS // max(dim, 1))
     for lo in range(0, num_classes, step):
         sl = slice(lo, min(num_classes, lo + step))
         total = xpx.at(total, (sl, slice(None))).add(xp.matrix_transpose(g[:, sl]) @ h)
     return total
 
 
-def block_rows(p: Problem, chunk_size: Any = None) -> int:
-    """Rows per block: ``chunk_size``, else blocks of about 2^24 logits (2^26 on the
-    accelerator plan), at least one row. Lazy arrays (Dask) take one block: their own
-    chunks are the blocks.
-
-    The block trades memory for matmul efficiency. At N = 4096, D = 256, V = 32768 float32
-    on the 2-core CPU here, the fused NumPy loss and gradients took 1.95 s with blocks of
-    2^22 logits (128 rows), 1.77 s with 2^23 and 1.56-1.66 s with 2^24, against 1.70 s
-    unfused: the (V x n_B) by (n_B x D) product of the classifier's gradient wants n_B in
-    the hundreds. On an accelerator each block is a fixed number of launches, so the
-    blocks are larger there."""
-    n_rows, num_classes = p.hidden.shape[0], p.classifier.shape[0]
-    rows = _checks.check_chunk_size(chunk_size)
-    if rows is not None:
-        return rows
-    if not _checks.is_concrete(p.hidden):
-        return max(n_rows, 1)
-    return default_block_rows(num_classes, _checks.plan(p.hidden))
+def block_rows(p: Problem, chunk_size: int | None = None) -> int:
+    """Rows per block: ``chunk_size``, else blocks of :data:`ls_xp._plan.LINEAR_BLOCK_ELEMENTS`
+    logits (more on the accelerator plan), at least one row. Lazy arrays (Dask) take one
+    block: their own chunks are the blocks."""
+    if chunk_size is not None:
+        return chunk_size
+    if not _plan.is_concrete(p.hidden):
+        return max(p.hidden.shape[0], 1)
+    return default_block_rows(p.classifier.shape[0], _plan.plan(p.hidden))
 
 
 def default_block_rows(num_classes: int, plan: str = "cpu") -> int:
-    budget = _ACCELERATOR_BLOCK_ELEMENTS if plan == "accelerator" else _BLOCK_ELEMENTS
+    budget = _plan.LINEAR_ACCELERATOR_BLOCK_ELEMENTS if plan == "accelerator" else _plan.LINEAR_BLOCK_ELEMENTS
     return max(1, budget // max(num_classes, 1))
 
 
-def _evaluate_linear(
+def evaluate_linear(
     hidden: Array,
     classifier: Array,
     target: Array,
-    smoothing: Any = 0.1,
+    smoothing: Any,
+    bias: Array | None,
+    weight: Array | None,
+    opts: v.Options,
     *,
     want_loss: bool = True,
     want_grad: bool = False,
     want_smoothing_grad: bool = False,
     wants: tuple[bool, bool, bool] = (True, True, True),
     row_scale: Array | None = None,
-    chunk_size: Any = None,
     inner_chunk_size: int | None = None,
-    **options: Any,
 ) -> LinearResult:
     """The fused loss and gradients by an eager loop over row blocks (every library but
-    JAX, whose adapter runs :func:`_block` in ``lax.scan``). ``row_scale`` (N,) weights the
+    JAX, whose adapter runs :func:`block` in ``lax.scan``). ``row_scale`` (N,) weights the
     rows of the gradients: the cotangent of ``reduction="none"``."""
-    p = _setup(hidden, classifier, target, smoothing, **options)
+    p = setup(hidden, classifier, target, smoothing, bias, weight, opts)
     xp, dev = p.xp, get_device(p.hidden)
     n_rows, dim = p.hidden.shape
-    step = block_rows(p, chunk_size)
-    scale = None if row_scale is None else xp.reshape(_astype(xp, row_scale, p.hidden.dtype), (-1,))
+    step = block_rows(p, opts.chunk_size)
+    scale = None if row_scale is None else xp.reshape(astype(xp, row_scale, p.hidden.dtype), (-1,))
     rows: list[Array] = []
     eps_rows: list[Array] = []
     gh = gw = gb = None
@@ -274,7 +257,7 @@ def _evaluate_linear(
         one = step >= n_rows
         if gw is None and want_grad and wants[1] and not one:  # the accumulator
             gw = xp.zeros(p.classifier.shape, dtype=p.classifier.dtype, device=dev)
-        b = _block(
+        b = block(
             p, p.hidden if one else p.hidden[sl, ...], p.target if one else p.target[sl],
             want_grad=want_grad, want_smoothing_grad=want_smoothing_grad, wants=wants,
             row_scale=scale if scale is None or one else scale[sl], chunk_size=inner_chunk_size,
@@ -330,7 +313,7 @@ def finish(
     # the factor of the summed rows; every row ignored: NaN loss, zero gradients (PyTorch's).
     # The zero test of the denominator is shared by both divisions by it, as in the core.
     nonzero = None if isinstance(p.total, float) else p.total != 0
-    unit = _safe_divide(xp, 1.0, p.total, 0.0, nonzero) if p.reduction == "mean" else 1.0
+    unit = safe_divide(xp, 1.0, p.total, 0.0, nonzero) if p.reduction == "mean" else 1.0
 
     def _reduce(r: Array | None, at_zero: float) -> Array | None:
         if r is None:
@@ -342,11 +325,11 @@ def finish(
         elif at_zero == 0.0:  # sum / denominator; zero derivatives when it is 0
             out = xp.sum(r) * unit
         else:  # the loss: NaN when the denominator is 0
-            out = _safe_divide(xp, xp.sum(r), p.total, at_zero, nonzero)
-        return _astype(xp, out, dtype)
+            out = safe_divide(xp, xp.sum(r), p.total, at_zero, nonzero)
+        return astype(xp, out, dtype)
 
     def _scaled(g: Array | None) -> Array | None:
-        return None if g is None else _astype(xp, g * unit, dtype)
+        return None if g is None else astype(xp, g * unit, dtype)
 
     if grad_hidden is not None:
         grad_hidden = xp.reshape(grad_hidden, (*p.batch_shape, p.hidden.shape[1]))

@@ -178,11 +178,11 @@ def test_blocks_run_side_by_side_on_the_threads_asked_for(monkeypatch):
     the other at a barrier, which a single thread would never pass."""
     import threading
 
-    from ls_xp import _core
+    from ls_xp import _math
 
     barrier = threading.Barrier(2, timeout=30)
     threads = set()
-    block = _core._block
+    block = _math.block
 
     def spy(*args, **kwargs):
         threads.add(threading.get_ident())
@@ -190,16 +190,16 @@ def test_blocks_run_side_by_side_on_the_threads_asked_for(monkeypatch):
             barrier.wait()
         return block(*args, **kwargs)
 
-    monkeypatch.setattr(_core, "_block", spy)
+    monkeypatch.setattr(_math, "block", spy)
     x, y = np.random.default_rng(5).normal(size=(40, 7)), np.arange(40) % 7
     ls_xp.loss_and_grad(x, y, 0.1, chunk_size=4, workers=2)
     assert len(threads) == 2
 
 
 def test_an_error_in_a_helper_thread_reaches_the_caller(monkeypatch):
-    from ls_xp import _core
+    from ls_xp import _math
 
-    block = _core._block
+    block = _math.block
     calls = []
 
     def failing(*args, **kwargs):
@@ -208,7 +208,7 @@ def test_an_error_in_a_helper_thread_reaches_the_caller(monkeypatch):
             raise MemoryError("block 3 failed")
         return block(*args, **kwargs)
 
-    monkeypatch.setattr(_core, "_block", failing)
+    monkeypatch.setattr(_math, "block", failing)
     x, y = np.random.default_rng(6).normal(size=(40, 7)), np.arange(40) % 7
     with pytest.raises(MemoryError, match="block 3 failed"):
         ls_xp.loss_and_grad(x, y, 0.1, chunk_size=4, workers=2)
@@ -219,11 +219,11 @@ def test_helper_threads_keep_the_callers_numpy_errstate(monkeypatch):
     context), so errstate(invalid="raise") raises wherever the invalid operation falls."""
     import threading
 
-    from ls_xp import _core
+    from ls_xp import _math
 
     barrier = threading.Barrier(2, timeout=30)
     seen = {}
-    block = _core._block
+    block = _math.block
 
     def spy(*args, **kwargs):
         seen[threading.get_ident()] = np.geterr()["invalid"]
@@ -231,12 +231,12 @@ def test_helper_threads_keep_the_callers_numpy_errstate(monkeypatch):
             barrier.wait()  # two blocks in flight: both threads take part
         return block(*args, **kwargs)
 
-    monkeypatch.setattr(_core, "_block", spy)
+    monkeypatch.setattr(_math, "block", spy)
     x = np.random.default_rng(7).normal(size=(40, 5))
     with np.errstate(invalid="raise"):
         ls_xp.loss_and_grad(x, np.arange(40) % 5, 0.1, chunk_size=4, workers=2)
     assert len(seen) == 2 and set(seen.values()) == {"raise"}
-    monkeypatch.setattr(_core, "_block", block)
+    monkeypatch.setattr(_math, "block", block)
     x[::4, 1] = np.inf  # inf - inf while shifting: an invalid operation in every block
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
         ls_xp.loss_and_grad(x, np.arange(40) % 5, 0.1, chunk_size=4, workers=2)
@@ -246,24 +246,24 @@ def test_workers_count_the_cpus_this_process_may_use(monkeypatch):
     """An affinity mask (taskset, a container's CPU set) limits the default and -1."""
     import os
 
-    from ls_xp import _checks
+    from ls_xp import _plan, _validate
 
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this OS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
-    assert _checks.available_cpus() == 1
-    assert _checks.default_workers(array_namespace(np.zeros(1))) == 1
-    assert _checks.check_workers(-1) == 1
+    assert _plan.available_cpus() == 1
+    assert _plan.default_workers(array_namespace(np.zeros(1))) == 1
+    assert _validate.check_workers(-1) == 1
     with pytest.raises(ValueError, match=r"workers=-2 counts back past the 1 CPU\(s\) available"):
-        _checks.check_workers(-2)
+        _validate.check_workers(-2)
 
 
 def test_default_workers_follow_the_library():
-    from ls_xp import _checks
+    from ls_xp import _plan
 
-    assert _checks.default_workers(array_namespace(np.zeros(1))) == _checks.available_cpus()
+    assert _plan.default_workers(array_namespace(np.zeros(1))) == _plan.available_cpus()
     torch = pytest.importorskip("torch", reason="torch is not installed")
-    assert _checks.default_workers(array_namespace(torch.zeros(1))) == 1
+    assert _plan.default_workers(array_namespace(torch.zeros(1))) == 1
 
 
 @pytest.mark.parametrize(

@@ -575,7 +575,7 @@ def machine() -> str:
     ls_xp's NumPy blocks run on that many threads by default (``workers``)."""
     import platform
 
-    from ls_xp._checks import available_cpus
+    from ls_xp._plan import available_cpus
 
     py = platform.python_version()
     cpus, usable = os.cpu_count(), available_cpus()

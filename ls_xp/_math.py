@@ -1,0 +1,492 @@
+"""The per-block formulas, written once against the array API with ``xp`` threaded through.
+
+Notation (per row n of a block, K classes, the class axis last):
+
+    z_c   = x_c - max_k x_k                       shifted logits, z <= 0
+    l1    = log1p(sum_{c != argmax} exp(z_c))     so that  lse(x) = max(x) + l1
+    -log p_c = l1 - z_c                           a sum of two non-negative numbers
+    b     = eps / K ("uniform") or eps / (K - 1) ("others"), the smoothing mass of a class
+    loss_n = (1 - eps) w_y (l1 - z_y) + b (S' l1 + sum'_c w_c (-z_c))
+           = Q l1 - (1 - eps) w_y z_y - b sum'_c w_c z_c      (computed so; Q = 1 unweighted)
+    d loss_n / d x_c   = Q p_c - w_c q_c,          Q = sum_k w_k q_k
+    d loss_n / d eps   = -w_y (l1 - z_y) + (b / eps) (S' l1 + sum'_c w_c (-z_c))
+
+where S' and sum' run over every allowed class ("uniform") or over the classes other than
+y ("others"). Every factor is non-negative for every eps in [0, 1], so the loss is a sum
+of non-negative numbers and keeps full relative accuracy, also for the tiny losses of
+confident, correct predictions (the log1p form avoids the cancellation in lse - x_y); a
+factor of 0 makes its term 0 even against a -inf logit (0 * inf = 0, :func:`weighted`).
+The loss is affine in eps for fixed logits, so its eps-derivative is exact too.
+
+Per-row quantities (labels, row factors, max, s, l1) are (n, 1) columns, so that they
+broadcast against a block without a reshape. Nothing here checks its arguments: the
+door (:mod:`ls_xp._validate`) and the bookkeeping (:mod:`ls_xp._evaluate`) have.
+
+Reference: P. Blanchard, D. J. Higham, N. J. Higham, "Accurately computing the log-sum-exp
+and softmax functions", IMA J. Numer. Anal. 41(4), 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from array_api_compat import device as get_device
+
+from ls_xp._picks import Picks, at, put_per_row, take_class, take_per_row
+
+Array = Any
+
+
+def smoothing_coefficients(
+    xp: ModuleType, eps: float, num_allowed: float | Array, convention: str
+) -> tuple[float | Array, float | Array]:
+    """(a, b) with q = a * onehot + b on allowed classes.
+
+    ``num_allowed`` is K, or the per-row count of allowed classes under ``where``.
+    A row with too few allowed classes for the convention gets NaN coefficients.
+    """
+    if is_zero(eps):  # no smoothing: the one-hot, whatever the number of allowed classes
+        return 1.0, 0.0
+    if convention == "uniform":
+        if isinstance(num_allowed, float):
+            b = eps / num_allowed
+        else:
+            ok = num_allowed > 0
+            b = xp.where(ok, eps / xp.where(ok, num_allowed, 1.0), math.nan)
+        return 1.0 - eps, b
+    if isinstance(num_allowed, float):
+        b = eps / (num_allowed - 1.0)
+    else:
+        ok = num_allowed > 1
+        b = xp.where(ok, eps / xp.where(ok, num_allowed - 1.0, 1.0), math.nan)
+    return 1.0 - eps - b, b
+
+
+def is_zero(v: float | Array) -> bool:
+    """True only for a Python 0.0: an array eps (traced, or requiring grad) may be anything."""
+    return isinstance(v, float) and v == 0.0
+
+
+def weighted(xp: ModuleType, coef: float | Array | None, v: float | Array) -> Any:
+    """``coef * v`` with the convention 0 * (+-inf) = 0: a class or term with no target
+    mass adds nothing, whatever its logit. ``None`` means 1."""
+    if coef is None:
+        return v
+    if isinstance(coef, float):
+        if coef == 1.0:
+            return v
+        if coef != 0.0:
+            return coef * v
+        return 0.0 if isinstance(v, float) else xp.zeros_like(v)
+    if isinstance(v, float):  # (where() takes at most one number)
+        return coef * v if math.isfinite(v) else xp.where(coef != 0, coef * v, 0.0)
+    return coef * xp.where(coef != 0, v, 0.0)
+
+
+def xlogx(xp: ModuleType, u: Array | float) -> Array | float:
+    """u log u with 0 log 0 = 0."""
+    if isinstance(u, float):
+        return u * math.log(u) if u > 0 else 0.0
+    return xp.where(u > 0, u * xp.log(xp.where(u > 0, u, 1.0)), 0.0)
+
+
+def log_plus_one(xp: ModuleType, u: Array | float) -> Array | float:
+    """log u + 1, the derivative of u log u: -inf at u = 0 (without a warning)."""
+    if isinstance(u, float):
+        return math.log(u) + 1.0 if u > 0 else -math.inf
+    return xp.where(u > 0, xp.log(xp.where(u > 0, u, 1.0)) + 1.0, -math.inf)
+
+
+def safe_divide(
+    xp: ModuleType, num: Array | float, den: Array | float, at_zero: float, nonzero: Array | None = None
+) -> Array | float:
+    """num / den, with ``at_zero`` (0 or NaN) where den == 0, and no floating-point warning.
+
+    A zero denominator is replaced by inf (a finite num / inf = 0) or by NaN: three
+    operations rather than a guarded division's four, which count as launches on an
+    accelerator; two where the caller passes ``nonzero`` (``den != 0``) from an earlier
+    division by the same ``den``. (A non-finite num over a zero den gives NaN either way.)"""
+    if isinstance(den, float):
+        return num / den if den != 0 else num * 0.0 + at_zero
+    if not (at_zero == 0.0 or math.isnan(at_zero)):
+        raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")
+    ok = den != 0 if nonzero is None else nonzero
+    safe_den = xp.where(ok, den, math.inf if at_zero == 0.0 else math.nan)
+    if isinstance(num, float) and num == 1.0:  # one operation (PyTorch's 1 / x is two)
+        return xp.reciprocal(safe_den)
+    return num / safe_den
+
+
+def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
+    """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
+    two block-sized temporaries. The standard's in-place operators write in place where
+    the library can (and rebind where it cannot, e.g. JAX): one operation each."""
+    if not inplace:
+        return a * scale if shift is None else a * scale - shift
+    a *= scale
+    if shift is not None:
+        a -= shift
+    return a
+
+
+def astype(xp: ModuleType, a: Array, dtype: Any) -> Array:
+    """``astype`` only where the dtype differs (no operation at all otherwise)."""
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
+    """``moveaxis``, skipped when it would not move anything."""
+    if source % a.ndim == destination % a.ndim:
+        return a
+    return xp.moveaxis(a, source, destination)
+
+
+# --------------------------------------------------------------------------------------
+# argument handling
+# --------------------------------------------------------------------------------------
+
+
+def _log_softmax_parts(
+    xp: ModuleType, x: Array, mask: Array | None, pk: Picks, inplace: bool
+) -> tuple[Array, Array, Array, Array, Any, Array]:
+    """Shifted logits z = x - max, exp(z) but 0 at the maximum, and s with
+    lse(x) = max + log1p(s), per row.
+
+    s sums exp(z) over every allowed class but the first maximum (``top``), so that
+    -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
+    Returns (z, e, s, top, where top lies, the row maxima); s, top and the maxima are
+    (n, 1) columns.
+    """
+    xm = x if mask is None else xp.where(mask, x, -math.inf)
+    if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
+        x_max = xp.max(xm, axis=-1, keepdims=True)
+        last = xm.shape[-1] - 1  # also where a NaN row points
+        top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1, keepdims=True)
+    else:  # (some devices lack int64: the indices take the dtype of rows)
+        top = astype(xp, xp.argmax(xm, axis=-1, keepdims=True), pk.rows.dtype)
+        x_max = take_per_row(xp, xm, pk, top)
+    z = xm - x_max
+    top_at = at(pk, top)
+    e = put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
+    s = xp.sum(e, axis=-1, keepdims=True)
+    return z, e, s, top, top_at, x_max
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The static settings of one evaluation."""
+
+    eps: float | Array
+    convention: str
+    log_probs: bool
+    kl: bool
+    dtype: Any
+    want_grad: bool
+    want_target_grad: bool
+    want_eps_grad: bool
+    guard_rows: bool
+    inplace: bool
+    workers: int  # threads over row blocks (CPU plan)
+    read: bool  # values may be read back (checks that raise); never on the accelerator plan
+
+
+class BlockOut(NamedTuple):
+    row: Array  # per-row losses, (n, 1), before the row factors (the reduction's)
+    eps_row: Array | None  # per-row d loss / d eps, likewise
+    grad: Array | None  # gradient rows times the row factor
+    target_grad: Array | None
+
+
+class BlockRows(NamedTuple):
+    """What the block formulas read, for the rows of one block (or of all of them)."""
+
+    x: Array  # logits, (n, K), in the compute dtype
+    y: Array | None  # class indices, (n, 1), clipped into [0, K); None for probabilities
+    t: Array | None  # probability targets, (n, K); None for class indices
+    valid: Array | None  # not ignored, (n, 1)
+    m: Array | None  # allowed classes, (n, K)
+    w: Array | None  # class weights, (K,)
+    w_y: Array | None  # each row's class weight, (n, 1)
+    w_sum: Array | None  # sum of the class weights
+    factor: float | Array  # each row's factor in the reduction (NaN at bad rows), (n, 1)
+
+    def rows(self, sl: slice) -> BlockRows:
+        """The rows ``sl`` of every per-row field (the class weights are shared)."""
+
+        def cut(a: Any) -> Any:
+            return a if a is None or isinstance(a, float) else a[sl, ...]
+
+        return BlockRows(
+            cut(self.x),
+            cut(self.y),
+            cut(self.t),
+            cut(self.valid),
+            cut(self.m),
+            self.w,
+            cut(self.w_y),
+            self.w_sum,
+            cut(self.factor),
+        )
+
+
+def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
+    """Per-row losses, and the gradient rows times the row factors, for one block of rows.
+
+    The losses are not yet masked or scaled (the reduction multiplies them by the row
+    factors); so that an ignored row (factor 0) adds exactly 0 whatever its logits, its
+    logits are replaced by 0 and its classes all allowed where ``guard_rows`` says that
+    ignored rows may be present."""
+    x, y, t, valid, m, w, w_y, w_sum, factor = rows
+    num_classes = x.shape[1]
+    if sp.guard_rows:
+        assert valid is not None
+        x = xp.where(valid, x, 0.0)
+        m = m if m is None else m | ~valid
+    # allowed classes per row and the (masked) class weights cw; S_w = sum_c cw_c
+    if m is None:
+        k_n: float | Array = float(num_classes)
+        cw = w
+        s_w: float | Array = k_n if w_sum is None else w_sum
+    else:
+        mf = xp.astype(m, sp.dtype)
+        k_n = xp.sum(mf, axis=-1, keepdims=True)
+        cw = mf if w is None else xp.where(m, w, 0.0)
+        s_w = xp.sum(cw, axis=-1, keepdims=True)
+    ls = _LogSoftmax.of(xp, sp, x, m, pk)
+    if t is not None:
+        return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
+    assert y is not None
+    return _index_block(xp, sp, ls, x, y, cw, w_y, k_n, s_w, factor, pk)
+
+
+@dataclass(frozen=True)
+class _LogSoftmax:
+    """-log p_c = l1 - z_c with both terms non-negative, and what the gradient needs.
+
+    With ``log_probs`` the inputs already are log p: z = x and l1 = 0.
+    """
+
+    z: Array
+    z_is_ours: bool  # a fresh array that may be written in place
+    l1: float | Array  # (n, 1)
+    e: Array | None = None  # exp(z), 0 at the first maximum
+    s: Array | None = None  # sum of e, (n, 1)
+    top: Array | None = None  # the first maximum's column index, (n, 1)
+    top_at: Any = None  # where it lies (_at)
+    x_max: Array | None = None  # (n, 1)
+
+    @staticmethod
+    def of(xp: ModuleType, sp: Spec, x: Array, m: Array | None, pk: Picks) -> _LogSoftmax:
+        if sp.log_probs:
+            return _LogSoftmax(z=x if m is None else xp.where(m, x, 0.0), z_is_ours=m is not None, l1=0.0)
+        z, e, s, top, top_at, x_max = _log_softmax_parts(xp, x, m, pk, sp.inplace)
+        return _LogSoftmax(z, True, xp.log1p(s), e, s, top, top_at, x_max)
+
+
+def _soft_block(
+    xp: ModuleType,
+    sp: Spec,
+    ls: _LogSoftmax,
+    t: Array,
+    m: Array | None,
+    w: Array | None,
+    cw: Array | None,
+    k_n: float | Array,
+    factor: float | Array,
+    pk: Picks,
+) -> BlockOut:
+    """Probability targets: q = (1 - eps) t + eps/K, or (1 - eps) t + eps (1 - t)/(K - 1)."""
+    eps, uniform = sp.eps, sp.convention == "uniform"
+    a, b = smoothing_coefficients(xp, eps, k_n, sp.convention)
+    q = (1.0 - eps) * t + (b if uniform else b * (1.0 - t))
+    if m is not None:
+        q = xp.where(m, q, 0.0)
+    wq = q if w is None else q * w  # w_c q_c: the target coefficient of every class
+    nlp = ls.l1 - ls.z  # -log p
+    row = xp.sum(weighted(xp, wq, nlp), axis=-1, keepdims=True)
+    if sp.kl:
+        row = row + xp.sum(weighted(xp, w, xlogx(xp, q)), axis=-1, keepdims=True)
+    drow = None
+    if sp.want_eps_grad:  # q is affine in eps: dq/deps = -t + b(1) (uniform) or b(1)(1 - t)
+        _, b1 = smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+        dq = -t + (b1 if uniform else b1 * (1.0 - t))
+        dq = dq if m is None else xp.where(m, dq, 0.0)
+        wdq = dq if w is None else dq * w
+        drow = xp.sum(weighted(xp, wdq, nlp), axis=-1, keepdims=True)
+        if sp.kl:  # d/deps of q log q = dq (log q + 1), -inf at q = 0
+            drow = drow + xp.sum(weighted(xp, wdq, log_plus_one(xp, q)), axis=-1, keepdims=True)
+    r = factor
+    g = tg = None
+    if sp.want_grad:
+        q_w = xp.sum(wq, axis=-1, keepdims=True)
+        if sp.log_probs:
+            g = -wq * r
+        else:
+            assert ls.s is not None and ls.e is not None
+            norm = 1.0 + ls.s
+            wq_top = take_per_row(xp, wq, pk, ls.top)
+            top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
+            g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
+            g = put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
+    if sp.want_target_grad:
+        # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
+        alpha = (1.0 - eps) if uniform else a
+        dlt = nlp if not sp.kl else nlp + xp.log(xp.where(q > 0, q, 1.0)) + 1.0
+        tg = weighted(xp, cw, dlt) * (alpha * r)
+    return BlockOut(row, drow, g, tg)
+
+
+def _index_block(
+    xp: ModuleType,
+    sp: Spec,
+    ls: _LogSoftmax,
+    x: Array,
+    y: Array,
+    cw: Array | None,
+    w_y: Array | None,
+    k_n: float | Array,
+    s_w: float | Array,
+    factor: float | Array,
+    pk: Picks,
+) -> BlockOut:
+    """Class indices. With b the smoothing mass of each allowed class and
+    Q = sum_c w_c q_c = q_y w_y + b (S_w - w_y) (1 without class weights: q sums to 1),
+
+        loss_n = Q l1 - (1 - eps) w_y z_y - b sum'_c w_c z_c,
+
+    where sum' runs over every allowed class ("uniform": q_y = 1 - eps + b) or over the
+    classes other than y ("others": q_y = 1 - eps). As l1 >= 0 and z <= 0, every term is
+    non-negative for every eps in [0, 1]: the loss keeps full relative accuracy on the
+    whole range, and a factor of 0 makes its term 0 also against a -inf logit
+    (0 * inf = 0). Per-row quantities are (n, 1) columns.
+    """
+    eps, uniform = sp.eps, sp.convention == "uniform"
+    smoothing = not is_zero(eps)
+    a, b = smoothing_coefficients(xp, eps, k_n, sp.convention)
+    q_y = (1.0 - eps) + b if uniform else 1.0 - eps
+    wy = 1.0 if w_y is None else w_y
+    others = b * (s_w - wy)  # b times the weight of the classes other than y
+    q_w = 1.0 if cw is None else q_y * wy + others  # Q
+    y_at = at(pk, y)
+    # y is never masked, so z_y = x_y - max. Eager arrays gather it from z (one operation,
+    # before z changes below); under a compiler (dense picks) from x, so that z, which
+    # then only feeds exp and a sum, is fused away instead of kept (XLA: 1 N x K
+    # temporary instead of 2 at 2048 x 131072)
+    if pk.dense and ls.x_max is not None:
+        z_y = take_per_row(xp, x, pk, y) - ls.x_max
+    else:
+        z_y = take_per_row(xp, ls.z, pk, y)
+    l1 = ls.l1
+    # (l1 is finite or NaN, so Q l1 needs no 0 * inf guard)
+    row = (l1 if cw is None else q_w * l1) - weighted(xp, (1.0 - eps) * wy, z_y)
+    z_sum = None  # sum'_c w_c z_c <= 0: every allowed class, or every class but y ("others")
+    if smoothing or sp.want_eps_grad:
+        z = ls.z
+        if not uniform:
+            z = put_per_row(xp, z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
+        z_sum = xp.sum(z if cw is None else weighted(xp, cw, z), axis=-1, keepdims=True)
+        if smoothing:
+            row = row - weighted(xp, b, z_sum)
+    if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
+        row = row + wy * xlogx(xp, q_y) + xlogx(xp, b) * (s_w - wy)
+    drow = None
+    if sp.want_eps_grad:
+        assert z_sum is not None
+        drow = _index_eps_row(xp, sp, k_n, q_y, b, wy, s_w, l1, z_y, z_sum)
+    g = None
+    if sp.want_grad:
+        coefs = (q_y, a, b, others, q_w)
+        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w, factor, pk, smoothing)
+    return BlockOut(row, drow, g, None)
+
+
+def _index_eps_row(
+    xp: ModuleType,
+    sp: Spec,
+    k_n: float | Array,
+    q_y: float | Array,
+    b: float | Array,
+    wy: float | Array,
+    s_w: float | Array,
+    l1: Array,
+    z_y: Array,
+    z_sum: Array,
+) -> Array:
+    """d loss_n / d eps. The loss is (1 - eps) T1 + b T2 with T1 = w_y (l1 - z_y),
+    T2 = S' l1 - sum'_c w_c z_c (S' the weight that sum' runs over) and b affine in eps,
+    so this is exact: -T1 + db T2 (plus the entropy's derivative for the KL form)."""
+    _, db = smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+    t1 = weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
+    t2 = (s_w if sp.convention == "uniform" else s_w - wy) * l1 - z_sum
+    d = weighted(xp, db, t2) - t1
+    if sp.kl:
+        # d (q log q) = dq (log q + 1): -inf where q = 0 and dq > 0
+        dq_y = -1.0 + db if sp.convention == "uniform" else -1.0
+        d = (
+            d
+            + weighted(xp, wy * dq_y, log_plus_one(xp, q_y))
+            + weighted(xp, db * (s_w - wy), log_plus_one(xp, b))
+        )
+    return d
+
+
+def _index_grad(
+    xp: ModuleType,
+    sp: Spec,
+    ls: _LogSoftmax,
+    y: Array,
+    y_at: Array,
+    cw: Array | None,
+    wy: float | Array,
+    coefs: tuple[Any, Any, Any, Any, Any],
+    s_w: float | Array,
+    factor: float | Array,
+    pk: Picks,
+    smoothing: bool,
+) -> Array:
+    """g_c = (Q p_c - w_c q_c) r with Q = sum_k w_k q_k = q_y w_y + b (S_w - w_y).
+
+    With log-probabilities p drops out. At the first maximum p = 1 - s/(1+s), and
+    Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
+    w_top)) keeps a confident, correct row exact.
+    """
+    # q = a onehot + b on allowed classes, q_y = a + b, others = b (S_w - w_y), q_w = Q
+    q_y, a, b, others, q_w = coefs
+    r = factor  # per row, an array on this path
+    off = None  # the b w_c r part, (n, 1) or (n, K)
+    if smoothing:
+        off = b * r if cw is None else (b * r) * cw
+    neg_on = (-a * wy) * r  # minus the rest of w_y q_y r, at y
+    if sp.log_probs:
+        base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
+        g = base if off is None else base - off
+        return put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
+    assert ls.s is not None and ls.top is not None
+    q_w_r = r if cw is None else q_w * r  # (Q = 1 without weights)
+    scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
+    # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
+    # exactly below
+    g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
+    g = put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
+    if smoothing:
+        if cw is None:
+            cw_top: float | Array = 1.0
+        elif cw.ndim == 1:
+            cw_top = take_class(xp, cw, ls.top)
+        else:
+            cw_top = take_per_row(xp, cw, pk, ls.top)
+        at_y, elsewhere = others, q_y * wy + b * (s_w - wy - cw_top)
+    else:
+        at_y, elsewhere = 0.0, q_y * wy
+    # r is an array here, so both values of where() are (no scalar to make an array of)
+    q_top_r = xp.where(ls.top == y, at_y * r, elsewhere * r)
+    top_val = q_top_r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
+    return put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
+
+
+# --------------------------------------------------------------------------------------
+# target builders (the only functions that materialise targets)
+# --------------------------------------------------------------------------------------

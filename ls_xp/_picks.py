@@ -1,0 +1,100 @@
+"""One entry per row: reading and writing ``a[i, cols[i]]`` of an (n, K) block.
+
+Two strategies, chosen by what the namespace can do, not by which library it is: on
+eager, mutable arrays an index pair ``(rows, cols)`` (one gather, or one in-place
+scatter); on lazy or immutable ones (JAX, Dask) and where integer-array assignment is
+missing (array-api-strict) a boolean mask ``classes == cols``, which a compiler fuses
+into the elementwise passes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import array_api_extra as xpx
+from array_api_compat import is_writeable_array
+
+Array = Any
+
+
+@functools.cache
+def scatters_in_place(xp: ModuleType) -> bool:
+    """Whether ``xpx.at`` writes through integer-array indices in place in this namespace.
+
+    True for NumPy, PyTorch, CuPy and Dask; False for JAX (immutable arrays) and
+    array-api-strict (the standard does not require integer-array *assignment*). Where it
+    is False, one entry per row is picked with a boolean mask instead (see :class:`Picks`).
+    """
+    probe = xp.zeros(2)
+    try:
+        xpx.at(probe, xp.asarray([1])).set(1.0, copy=None)
+    except (IndexError, TypeError, NotImplementedError, ValueError):
+        return False
+    return is_writeable_array(probe)
+
+
+@dataclass(frozen=True)
+class Picks:
+    """How a block of shape (n, K) reads and writes one entry per row, ``[i, cols[i]]``.
+
+    Per-row quantities are columns of shape (n, 1), the class indices ``cols`` too, so
+    that they broadcast against the block with no reshape. On eager mutable arrays the
+    entries are addressed by the index pair ``(rows, cols)`` with ``rows = arange(n)`` as a
+    column: one gather or one in-place scatter each, giving or taking an (n, 1) column,
+    with no flat view and no index arithmetic. ``dense`` picks with boolean masks
+    ``classes == cols`` instead: for lazy or immutable arrays (JAX, Dask,
+    array-api-strict), where a comparison fuses into the elementwise passes under a
+    compiler and a scatter would not.
+    """
+
+    rows: Array  # (n, 1)
+    classes: Array | None  # arange(K), for the dense picks
+    dense: bool
+
+
+def at(pk: Picks, cols: Array) -> Any:
+    """Where the entries [i, cols[i]] lie: an index pair, or a boolean (n, K) mask."""
+    return pk.classes == cols if pk.dense else (pk.rows, cols)
+
+
+def take_per_row(xp: ModuleType, a: Array, pk: Picks, cols: Array) -> Array:
+    """``a[i, cols[i]]`` for every row i, an (n, 1) column.
+
+    Eager mutable arrays index directly with the pair (one gather; the indices are in
+    range by construction, so ``take``'s wrapping of negative indices, three more
+    operations on PyTorch, is not needed); the others ``take`` from the flat view (the
+    standard's ``take`` wants 1-D indices; the reshapes are free under a compiler).
+    """
+    if not pk.dense:
+        return a[pk.rows, cols]
+    flat = xp.take(xp.reshape(a, (-1,)), xp.reshape(pk.rows * a.shape[-1] + cols, (-1,)))
+    return xp.reshape(flat, (-1, 1))
+
+
+def take_class(xp: ModuleType, w: Array, cols: Array) -> Array:
+    """``w[cols]`` of the class weights (K,) for an (n, 1) column of classes."""
+    return xp.reshape(xp.take(w, xp.reshape(cols, (-1,)), axis=0), (-1, 1))
+
+
+def put_per_row(
+    xp: ModuleType, g: Array, at: Any, values: float | Array, *, add: bool, inplace: bool
+) -> Array:
+    """``g[i, cols[i]] = values[i]`` (or ``+=``) for every row i, with ``at = at(pk, cols)``
+    and ``values`` a number or an (n, 1) column.
+
+    In place where ``g`` is ours (``inplace``) and ``at`` is an index pair; a boolean mask
+    ``at`` gives an elementwise select. An index pair is only formed for writeable arrays
+    of the compute dtype (:func:`_blocks`), so the in-place write is a plain assignment:
+    ``xpx.at`` would add a cast per write on PyTorch (its guard against mixed dtypes,
+    which cannot occur here), one more launch on an accelerator.
+    """
+    if not isinstance(at, tuple):
+        return xp.where(at, g + values if add else values, g)
+    if inplace:
+        g[at] = g[at] + values if add else values
+        return g
+    pos = xpx.at(g, at)  # a copy, written there
+    return pos.add(values, copy=True, xp=xp) if add else pos.set(values, copy=True, xp=xp)
