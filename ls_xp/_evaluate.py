@@ -12,7 +12,7 @@ allows reading values back, their values.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -84,7 +84,7 @@ def evaluate(
         eps=v.check_smoothing(xp, smoothing, dt, dev, read), convention=opts.convention,
         log_probs=opts.log_probs, kl=req.kl, dtype=dt, want_grad=req.grad,
         want_target_grad=req.target_grad, want_eps_grad=req.smoothing_grad, guard_rows=False,
-        inplace=req.inplace, workers=_plan.workers(xp, opts.workers, plan), read=read,
+        inplace=req.inplace, workers=opts.workers, plan=plan, read=read,
     )  # fmt: skip
     num_classes = shape[ax]
     v.check_num_classes(num_classes, sp.convention, "number of classes (logits.shape[axis])")
@@ -97,7 +97,7 @@ def evaluate(
     guard = br.valid is not None and (
         not read or not _plan.is_concrete(br.valid) or v.any_true(xp, ~br.valid)
     )
-    sp = replace(sp, want_target_grad=req.target_grad and soft, guard_rows=guard)
+    sp = sp._replace(want_target_grad=req.target_grad and soft, guard_rows=guard)
     grad_buf = None
     if req.grad and opts.overwrite_logits and _plan.can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
@@ -123,8 +123,7 @@ def evaluate(
     )
 
 
-@dataclass(frozen=True)
-class _Reduction:
+class _Reduction(NamedTuple):
     """Per-row values times the row factors (class indices: 0 at ignored rows, NaN at bad
     ones, 1 / the total weight for "mean"), then reduced."""
 
@@ -160,7 +159,7 @@ def class_indices(
     raises where values may be ``read``; elsewhere its rows become NaN downstream.
     (Clipping both finds the indices out of range and makes them safe.)"""
     valid = y != ignore_index
-    safe = xp.clip(y, 0, num_classes - 1)
+    safe = xp.minimum(xp.maximum(y, 0), num_classes - 1)  # (a clip without the wrapper's checks)
     ok = safe == y
     if read and v.any_true(xp, valid & ~ok):
         value = v.first_value(xp, y, valid & ~ok)
@@ -300,7 +299,8 @@ def blocks(
 
     # threads only share buffers written in place (not lazy Dask graphs, not JAX arrays)
     shared = fill and _plan.is_concrete(br.x) and all(is_writeable_array(buf) for buf in bufs.values())
-    out = _plan.run_blocks(run, len(starts), min(sp.workers, len(starts)) if shared else 1)
+    threads = min(_plan.workers(xp, sp.workers, sp.plan), len(starts)) if shared and len(starts) > 1 else 1
+    out = _plan.run_blocks(run, len(starts), threads)
     row = out[0].row if len(out) == 1 else xp.concat([b.row for b in out])
     drow = None
     if sp.want_eps_grad:

@@ -175,8 +175,7 @@ def _log_softmax_parts(
     return z, e, s, top, top_at, x_max
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
     """The static settings of one evaluation."""
 
     eps: float | Array
@@ -189,7 +188,8 @@ class Spec:
     want_eps_grad: bool
     guard_rows: bool
     inplace: bool
-    workers: int  # threads over row blocks (CPU plan)
+    workers: int | None  # threads over row blocks (CPU plan); None: the library's default
+    plan: str  # the execution plan, "cpu" or "accelerator"
     read: bool  # values may be read back (checks that raise); never on the accelerator plan
 
 

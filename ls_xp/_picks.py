@@ -64,14 +64,14 @@ def take_per_row(xp: ModuleType, a: Array, pk: Picks, cols: Array) -> Array:
     """``a[i, cols[i]]`` for every row i, an (n, 1) column.
 
     Eager mutable arrays index directly with the pair (one gather; the indices are in
-    range by construction, so ``take``'s wrapping of negative indices, three more
-    operations on PyTorch, is not needed); the others ``take`` from the flat view (the
-    standard's ``take`` wants 1-D indices; the reshapes are free under a compiler).
+    range by construction, so ``take``'s wrapping of negative indices is not needed).
+    The dense picks sum the row masked to its one entry: exact (the entry plus zeros),
+    fused by a compiler into the pass that reads the row anyway, and chunk-local on Dask,
+    where a gather from the flattened array would re-chunk it.
     """
     if not pk.dense:
         return a[pk.rows, cols]
-    flat = xp.take(xp.reshape(a, (-1,)), xp.reshape(pk.rows * a.shape[-1] + cols, (-1,)))
-    return xp.reshape(flat, (-1, 1))
+    return xp.sum(xp.where(pk.classes == cols, a, 0.0), axis=-1, keepdims=True)
 
 
 def take_class(xp: ModuleType, w: Array, cols: Array) -> Array:

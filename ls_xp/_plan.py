@@ -59,6 +59,8 @@ def on_accelerator(x: Any) -> bool:
     """Whether ``x`` lives on an accelerator (anything but host memory): CuPy arrays, and
     devices named like ``cuda:0``, ``mps``, ``xpu``, JAX's ``gpu``/``tpu`` platforms.
     array-api-strict's emulated devices are host memory."""
+    if _kind(x) == "numpy":
+        return False
     if is_cupy_array(x):
         return True
     dev = get_device(x)
@@ -83,6 +85,27 @@ def plan(x: Any) -> str:
     return "accelerator" if on_accelerator(x) else "cpu"
 
 
+_KINDS: dict[type, str] = {}
+
+
+def _kind(x: Any) -> str:
+    """The kind of library of ``x`` ("numpy", "torch", "jax" or "other"), cached per type:
+    these checks run several times per call, and a small loss is all call overhead."""
+    t = type(x)
+    kind = _KINDS.get(t)
+    if kind is None:
+        if is_torch_array(x):
+            kind = "torch"
+        elif is_jax_array(x):
+            kind = "jax"
+        elif t.__module__ == "numpy" and t.__name__ == "ndarray":
+            kind = "numpy"
+        else:
+            kind = "other"
+        _KINDS[t] = kind
+    return kind
+
+
 def is_concrete(x: Any) -> bool:
     """True when the values of ``x`` can be read without forcing a lazy computation.
 
@@ -91,11 +114,14 @@ def is_concrete(x: Any) -> bool:
     wrapped by ``torch.func`` transforms (``vmap``, ``grad``) cannot be read. Dask arrays
     stay lazy.
     """
-    if is_torch_array(x):
+    kind = _kind(x)
+    if kind == "numpy":
+        return True
+    if kind == "torch":
         functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
         wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
         return wrapped is None or not wrapped(x)
-    if is_jax_array(x):
+    if kind == "jax":
         jax_core = sys.modules.get("jax.core")
         tracer = getattr(jax_core, "Tracer", None)
         return tracer is None or not isinstance(x, tracer)
@@ -141,7 +167,7 @@ def block_rows(x: Any, chunk_size: int | None, plan_name: str = "cpu") -> int:
     n_rows, num_classes = x.shape
     if chunk_size is not None:
         return chunk_size
-    if not is_concrete(x) or is_jax_array(x):
+    if not is_concrete(x) or _kind(x) == "jax":
         return max(n_rows, 1)
     if plan_name == "accelerator":
         blocks = -(-n_rows * num_classes // ACCELERATOR_BLOCK_ELEMENTS)  # ceil
@@ -175,6 +201,8 @@ def run_blocks(run: Callable[[int], tuple[_Out, Any]], count: int, threads: int)
     threads, bit for bit. Threads help where the library runs each operation on one
     thread and releases the GIL while it computes (NumPy).
     """
+    if count == 1:  # (no thread machinery for the common single block)
+        return [run(0)[0]]
     out: list[Any] = [None] * count
     jobs = iter(range(count))
     lock = threading.Lock()

@@ -90,14 +90,13 @@ def check_ignore_index(value: Any) -> int:
     return as_int(value, "ignore_index")
 
 
-def check_logits(logits: Any, name: str = "logits") -> ModuleType:
-    """The namespace of ``logits``, which must be an array of a supported library."""
+def check_logits(logits: Any, name: str = "logits") -> None:
+    """``logits`` must be an array of a supported library (a list is not)."""
     if not is_array_api_obj(logits):
         raise TypeError(
             f"{name} must be an array (NumPy, PyTorch, JAX, CuPy, Dask or array-api-strict), "
             f"got {type(logits).__name__}; convert it first, e.g. np.asarray({name})"
         )
-    return array_namespace(logits)
 
 
 def join_library(logits: Any, *others: Any, name: str = "logits") -> Any:
