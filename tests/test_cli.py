@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -80,3 +83,139 @@ def test_bench_reports_the_memory_faulted_in_per_call():
     table = _cli("bench", "--backend", "numpy", "--size", "64x10", "--repeats", "1")
     header = [line for line in table.stdout.splitlines() if line.startswith("backend ")]
     assert table.returncode == 0 and len(header) == 1 and "faulted" in header[0]
+
+
+_CELL_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+ \S+): (passed|FAILED|skipped) \(([^)]*)\)")
+
+
+def test_check_prints_a_line_per_cell_when_stderr_is_not_a_terminal():
+    """CI logs and pipes: one ``[i/N] target dtype: passed (1.2 s)`` line per cell, in report
+    order, N the number of cells in the report, and stdout still pure JSON."""
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    import json
+
+    out = _cli("check", "--backend", "numpy", "--backend", "cupy", "--sweep", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    lines = [m for m in map(_CELL_LINE.match, out.stderr.splitlines()) if m]
+    n = len(report["cells"])
+    assert n >= 5 and "\r" not in out.stderr
+    assert [int(m[1]) for m in lines] == list(range(1, n + 1))
+    assert {int(m[2]) for m in lines} == {n}
+    assert [m[3] for m in lines] == [f"{c['target']} {c['dtype']}" for c in report["cells"]]
+    said = {"pass": "passed", "fail": "FAILED", "skipped": "skipped"}
+    assert [m[4] for m in lines] == [said[c["status"]] for c in report["cells"]]
+    for m, c in zip(lines, report["cells"], strict=True):
+        assert m[5] == c["reason"] if c["status"] == "skipped" else re.fullmatch(r"\d+\.\d s", m[5])
+    assert re.search(rf"^ls-xp check: {n} cells in \d+\.\d s$", out.stderr, re.MULTILINE)
+
+
+class _Stream(io.StringIO):
+    """stderr as a test sees it: a terminal or not, and what was in it at each flush."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+        self.flushed: list[str] = []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def test_each_cell_line_is_flushed_when_the_cell_finishes(monkeypatch, capsys):
+    """A cell's line reaches the log before the next cell starts, not at the end."""
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    from ls_xp._tools import cli, conformance
+
+    stream = _Stream(tty=False)
+    monkeypatch.setattr(sys, "stderr", stream)
+    seen: list[str] = []
+    real = conformance.check_cell
+
+    def spy(tgt, dname, sweep):
+        seen.append(stream.flushed[-1] if stream.flushed else "")
+        return real(tgt, dname, sweep)
+
+    monkeypatch.setattr(conformance, "check_cell", spy)
+    assert cli.main(["check", "--backend", "numpy", "--dtype", "float32", "--dtype", "float64",
+                     "--sweep", "1"]) == 0  # fmt: skip
+    assert seen[0] == ""
+    assert re.fullmatch(r"^\[1/2\] numpy/cpu float32: passed \(\d+\.\d s\)\n$", seen[1])
+    assert "numpy/cpu" in capsys.readouterr().out  # the matrix stays on stdout
+
+
+def test_check_on_a_terminal_overwrites_one_progress_line(monkeypatch, capsys):
+    """A terminal gets ``\\r[i/N] checking ...`` redrawn in place: no line of its own per cell,
+    the line cleared at the end, then how long the check took."""
+    pytest.importorskip("numpy", reason="numpy is not installed")
+    import json
+
+    from ls_xp._tools import cli
+
+    stream = _Stream(tty=True)
+    monkeypatch.setattr(sys, "stderr", stream)
+    args = ["check", "--backend", "numpy", "--dtype", "float32", "--dtype", "float64", "--sweep", "1"]
+    assert cli.main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = stream.getvalue()
+    progress, _, summary = text.rpartition("\r")
+    assert "\n" not in progress
+    assert re.fullmatch(rf"ls-xp check: {len(report['cells'])} cells in \d+\.\d s\n", summary)
+    draws = [d.rstrip() for d in progress.split("\r") if d.strip()]
+    assert re.fullmatch(r"\[1/2\] checking numpy/cpu float32, \d+\.\d s elapsed", draws[0])
+    assert re.fullmatch(r"\[2/2\] checking numpy/cpu float64, \d+\.\d s elapsed, ~\d+\.\d s left", draws[-2])
+    assert re.fullmatch(r"\[2/2\] numpy/cpu float64: passed, \d+\.\d s elapsed, ~0\.0 s left", draws[-1])
+
+
+def _event(index, status, **kw):
+    from ls_xp._tools import conformance
+
+    return conformance.CellProgress(index, 3, kw.pop("label", "torch/cpu float16"), status, 0.0, **kw)
+
+
+def test_terminal_progress_ticks_keeps_failures_and_fits_the_width(monkeypatch):
+    """While a cell runs the elapsed time is redrawn; a failure stays on its own line; the line
+    never wraps (a wrapped line cannot be overwritten with ``\\r``)."""
+    from ls_xp._tools import cli
+
+    monkeypatch.setenv("COLUMNS", "40")  # a stream without a file descriptor: $COLUMNS, as shutil
+    stream = _Stream(tty=True)
+    printer = cli.CheckProgress(stream, tty=True, tick=0.01)
+    label = "array_api_strict/no_float64 float32"
+    printer(_event(1, "running", label=label))
+    time.sleep(0.3)
+    ticks = stream.getvalue().count("\r")
+    fail = {"seconds": 2.0, "detail": "worst: sweep seed 1: error 1e-03 > 1e-05", "left": 4.0}
+    printer(_event(1, "fail", label=label, **fail))
+    printer(_event(2, "running", left=4.0))
+    printer.close()
+    text = stream.getvalue()
+    assert ticks >= 5, text
+    draws = [d for line in text.split("\n") for d in line.split("\r")[1:] if "elapsed" in d]
+    assert len(draws) > ticks and all(len(d) <= 39 for d in draws), draws
+    assert "\n[1/3] array_api_strict/no_float64 float32: FAILED (2.0 s), worst: sweep seed 1" in (
+        "\n" + text.replace("\r", "\n")
+    )
+    assert re.search(r"\rls-xp check: 1 of 3 cells in \d+\.\d s\n$", text)
+
+
+def test_log_lines_say_the_result_time_and_reason():
+    from ls_xp._tools import cli
+
+    line = cli.CheckProgress.done_line
+    assert line(_event(3, "pass", seconds=1.23)) == "[3/3] torch/cpu float16: passed (1.2 s)"
+    assert line(_event(2, "skipped", detail="no CUDA device")) == (
+        "[2/3] torch/cpu float16: skipped (no CUDA device)"
+    )
+    assert line(_event(1, "fail", seconds=75, detail="worst: x")) == (
+        "[1/3] torch/cpu float16: FAILED (1 min 15 s), worst: x"
+    )
+    stream = _Stream(tty=False)
+    printer = cli.CheckProgress(stream, tty=False)
+    printer(_event(1, "running"))
+    assert stream.getvalue() == ""  # a log gets finished cells only
+    printer(_event(1, "pass", seconds=0.5))
+    assert stream.flushed[-1] == "[1/3] torch/cpu float16: passed (0.5 s)\n"

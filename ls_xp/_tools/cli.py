@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ls_xp import __version__, reference
+
+if TYPE_CHECKING:
+    from ls_xp._tools import conformance
 
 # the backends `check` knows (ls_xp._tools.backends.BACKEND_NAMES, which needs NumPy to import)
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "dask", "cupy")
@@ -82,6 +89,113 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+_SAID = {"pass": "passed", "fail": "FAILED", "skipped": "skipped"}
+
+
+class CheckProgress:
+    """The progress of ``ls-xp check`` on ``stream`` (stderr, so that stdout stays parseable).
+
+    On a terminal: one line, overwritten in place, with the cell being checked, ``[i/N]``, the
+    elapsed time and an estimate of the time left, redrawn every ``tick`` seconds while a cell
+    runs; failures stay on screen. Elsewhere (CI logs, pipes): one flushed line per finished cell.
+    """
+
+    def __init__(self, stream: TextIO, tty: bool, tick: float | None = 1.0) -> None:
+        self.stream, self.tty, self.tick = stream, tty, tick
+        self._t0 = time.monotonic()
+        self._event: conformance.CellProgress | None = None
+        self._since = self._t0  # when the current event came
+        self._width = 0  # of the line now on screen
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def __call__(self, event: conformance.CellProgress) -> None:
+        with self._lock:
+            self._event, self._since = event, time.monotonic()
+            if not self.tty:
+                if event.status != "running":
+                    print(self.done_line(event), file=self.stream, flush=True)
+                return
+            if event.status == "fail":
+                self._clear()
+                print(self.done_line(event), file=self.stream, flush=True)
+            self._draw()
+        if self.tick and self._ticker is None and event.status == "running":
+            self._ticker = threading.Thread(target=self._tick, name="ls-xp check progress", daemon=True)
+            self._ticker.start()
+
+    @staticmethod
+    def done_line(event: conformance.CellProgress) -> str:
+        """``[3/40] torch/cpu float32: passed (1.2 s)``, for logs."""
+        said = _SAID.get(event.status, event.status)
+        if event.status == "skipped":
+            return f"[{event.index}/{event.total}] {event.label}: skipped ({event.detail})"
+        tail = f", {event.detail}" if event.detail else ""
+        return f"[{event.index}/{event.total}] {event.label}: {said} ({_duration(event.seconds)}){tail}"
+
+    def live_line(self, width: int = 200) -> str:
+        """``[3/40] checking torch/cpu float32, 12.5 s elapsed, ~40.0 s left``, for a terminal;
+        at most ``width`` characters, the label shortened first (the count and times matter more)."""
+        e = self._event
+        if e is None:
+            return ""
+        now = time.monotonic()
+        what = f"checking {e.label}" if e.status == "running" else f"{e.label}: {_SAID[e.status]}"
+        head, tail = f"[{e.index}/{e.total}] ", f", {_duration(now - self._t0)} elapsed"
+        if e.left is not None:
+            tail += f", ~{_duration(max(e.left - (now - self._since), 0.0))} left"
+        room = width - len(head) - len(tail)
+        if len(what) > room:
+            what = what[: max(room - 3, 0)] + "..."
+        return (head + what + tail)[:width]
+
+    def _draw(self) -> None:
+        line = self.live_line(self._columns() - 1)
+        print("\r" + line.ljust(self._width), end="", file=self.stream, flush=True)
+        self._width = len(line)
+
+    def _clear(self) -> None:
+        if self._width:
+            print("\r" + " " * self._width + "\r", end="", file=self.stream, flush=True)
+            self._width = 0
+
+    def _columns(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):  # not a real file: $COLUMNS, stdout or 80
+            columns = shutil.get_terminal_size().columns
+        return columns if columns > 10 else 80
+
+    def _tick(self) -> None:
+        assert self.tick is not None
+        while not self._stop.wait(self.tick):
+            with self._lock:
+                if self._event is not None and self._event.status == "running":
+                    self._draw()
+
+    def close(self) -> None:
+        """Stop redrawing, clear the line and say how long the whole check took."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        with self._lock:
+            if self.tty:
+                self._clear()
+            if self._event is not None:
+                e, took = self._event, _duration(time.monotonic() - self._t0)
+                done = e.index if e.status != "running" else e.index - 1
+                cells = f"{e.total}" if done == e.total else f"{done} of {e.total}"
+                print(f"ls-xp check: {cells} cells in {took}", file=self.stream, flush=True)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         import numpy  # noqa: F401
@@ -93,17 +207,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     dtypes: list[str] = args.dtype or (["float32"] if args.quick else list(_conformance.DTYPES))
     if args.quick:
         args.sweep = min(args.sweep, 2)
-    show = not args.json and sys.stderr.isatty()
-
-    def progress(msg: str) -> None:
-        if show:
-            print(f"\r  checking {msg:50s}", end="", file=sys.stderr, flush=True)
-
-    report = _conformance.run(args.backend, args.device, dtypes, args.sweep, progress)
+    progress = CheckProgress(sys.stderr, sys.stderr.isatty())
+    try:
+        report = _conformance.run(args.backend, args.device, dtypes, args.sweep, progress)
+    finally:
+        progress.close()
     report["versions"] = versions()
     report["devices"] = sorted({c["target"] for c in report["cells"] if c["status"] != "skipped"})
-    if show:
-        print("\r" + " " * 64 + "\r", end="", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

@@ -27,8 +27,10 @@ gradient error divided by the largest gradient entry.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -247,51 +249,107 @@ def check_linear(tgt: _backends.Target, dname: str, dtype: Any, seeds: range) ->
     return out
 
 
+@dataclass(frozen=True)
+class CellProgress:
+    """One step of :func:`run`, for a progress display.
+
+    Each cell that runs is announced twice: with ``status="running"`` before its checks and
+    with its result after them; a skipped cell is announced once. ``index`` counts the
+    cells of the report (skipped ones included) from 1 to ``total``.
+    """
+
+    index: int
+    total: int
+    label: str  # "torch/cpu float32"
+    status: Literal["running", "pass", "fail", "skipped"]  # a cell that runs: "running", then its result
+    elapsed: float  # seconds since run() started
+    seconds: float = 0.0  # the cell's own time, once it is done
+    left: float | None = None  # estimated seconds to the end (mean time of the cells run so far)
+    detail: str = ""  # the skip reason, or the worst failure
+
+
+_Cell = tuple[_backends.Target | _backends.Unavailable, str, str | None]
+
+
+def plan(
+    backends: list[str] | None = None, devices: list[str] | None = None, dtypes: list[str] | None = None
+) -> list[_Cell]:
+    """Every cell of the matrix, in report order: (target, dtype name, skip reason or None)."""
+    cells: list[_Cell] = []
+    for tgt in _backends.discover(backends):
+        if devices and not any(d in tgt.device_label for d in devices):
+            continue
+        for dname in dtypes or DTYPES:
+            reason = tgt.reason if isinstance(tgt, _backends.Unavailable) else _unsupported(tgt, dname)
+            cells.append((tgt, dname, reason))
+    return cells
+
+
+def check_cell(tgt: _backends.Target, dname: str, sweep: int) -> dict[str, Any]:
+    """The four checks of one cell, each result marked against the dtype's tolerance."""
+    dtype = tgt.dtypes[dname]
+    tol = TOLERANCES[dname]
+    results = check_reference(tgt, dname, dtype)
+    results += check_sweep(tgt, dname, dtype, range(sweep))
+    results += check_native(tgt, dname, dtype, range(sweep))
+    results += check_linear(tgt, dname, dtype, range(min(sweep, LINEAR_PROBLEMS)))
+    for r in results:
+        r["tolerance"] = tol["reference" if r["check"] == "reference" else "parity"]
+        r["pass"] = r["error"] <= r["tolerance"]
+    worst = max(results, key=lambda r: r["error"] / r["tolerance"])
+    return {
+        "target": tgt.label,
+        "dtype": dname,
+        "status": "pass" if all(r["pass"] for r in results) else "fail",
+        "worst_error": {c: max((r["error"] for r in results if r["check"] == c), default=None)
+                        for c in ("reference", "sweep", "native", "linear")},
+        "worst": {k: worst[k] for k in ("check", "case", "error", "tolerance")},
+        "checks": len(results),
+        "failures": [r for r in results if not r["pass"]],
+    }  # fmt: skip
+
+
+def _worst_failure(cell: dict[str, Any]) -> str:
+    w = cell["worst"]
+    return f"worst: {w['check']} {w['case']}: error {w['error']:.2e} > {w['tolerance']:.0e}"
+
+
 def run(
     backends: list[str] | None = None,
     devices: list[str] | None = None,
     dtypes: list[str] | None = None,
     sweep: int = SWEEP_PROBLEMS,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[CellProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the matrix; returns ``{"tolerances", "cells", "passed", "failed", "skipped"}``."""
-    dtypes = list(dtypes or DTYPES)
+    """Run the matrix; returns ``{"tolerances", "cells", "passed", "failed", "skipped"}``.
+
+    ``progress``, when given, is called before and after each cell (see :class:`CellProgress`).
+    """
+    t0 = time.monotonic()
+    todo = plan(backends, devices, list(dtypes or DTYPES))
+    total, to_run = len(todo), sum(reason is None for _, _, reason in todo)
     cells: list[dict[str, Any]] = []
-    for tgt in _backends.discover(backends):
-        if devices and not any(d in tgt.device_label for d in devices):
-            continue
-        if isinstance(tgt, _backends.Unavailable):
-            cells.extend(
-                {"target": tgt.label, "dtype": d, "status": "skipped", "reason": tgt.reason} for d in dtypes
-            )
-            continue
-        for dname in dtypes:
-            cell: dict[str, Any] = {"target": tgt.label, "dtype": dname}
-            reason = _unsupported(tgt, dname)
-            if reason:
-                cells.append({**cell, "status": "skipped", "reason": reason})
-                continue
+    spent, ran = 0.0, 0
+    for i, (tgt, dname, reason) in enumerate(todo, 1):
+        label = f"{tgt.label} {dname}"
+        if reason is not None or isinstance(tgt, _backends.Unavailable):
+            cells.append({"target": tgt.label, "dtype": dname, "status": "skipped", "reason": reason})
             if progress:
-                progress(f"{tgt.label} {dname}")
-            dtype = tgt.dtypes[dname]
-            tol = TOLERANCES[dname]
-            results = check_reference(tgt, dname, dtype)
-            results += check_sweep(tgt, dname, dtype, range(sweep))
-            results += check_native(tgt, dname, dtype, range(sweep))
-            results += check_linear(tgt, dname, dtype, range(min(sweep, LINEAR_PROBLEMS)))
-            for r in results:
-                r["tolerance"] = tol["reference" if r["check"] == "reference" else "parity"]
-                r["pass"] = r["error"] <= r["tolerance"]
-            worst = max(results, key=lambda r: r["error"] / r["tolerance"])
-            cells.append({
-                **cell,
-                "status": "pass" if all(r["pass"] for r in results) else "fail",
-                "worst_error": {c: max((r["error"] for r in results if r["check"] == c), default=None)
-                                for c in ("reference", "sweep", "native", "linear")},
-                "worst": {k: worst[k] for k in ("check", "case", "error", "tolerance")},
-                "checks": len(results),
-                "failures": [r for r in results if not r["pass"]],
-            })  # fmt: skip
+                progress(CellProgress(i, total, label, "skipped", time.monotonic() - t0, detail=str(reason)))
+            continue
+        left = spent / ran * (to_run - ran) if ran else None
+        if progress:
+            progress(CellProgress(i, total, label, "running", time.monotonic() - t0, left=left))
+        start = time.monotonic()
+        cell = check_cell(tgt, dname, sweep)
+        cells.append(cell)
+        seconds = time.monotonic() - start
+        spent, ran = spent + seconds, ran + 1
+        if progress:
+            detail = _worst_failure(cell) if cell["status"] == "fail" else ""
+            left = spent / ran * (to_run - ran)
+            now = time.monotonic() - t0
+            progress(CellProgress(i, total, label, cell["status"], now, seconds, left, detail))
     return {
         "tolerances": TOLERANCES,
         "cells": cells,
