@@ -98,7 +98,8 @@ def test_list_logits_name_the_argument():
 
 
 def test_float_labels_say_the_fix():
-    with pytest.raises(TypeError, match=r"integer dtype, got float64; convert it, e\.g\. target\.astype\(int\)"):
+    fix = r"integer dtype, got float64; convert it, e\.g\. target\.astype\(int\)"
+    with pytest.raises(TypeError, match=fix):
         ls_xp.cross_entropy(X, Y.astype(float), 0.1)
 
 

@@ -38,7 +38,8 @@ def _imports(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], base]).strip(".")
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
     return out
@@ -49,7 +50,9 @@ def _internal_graph() -> dict[str, set[str]]:
     for name in MODULES:
         # an import of a parent package is no edge of its own: Python imports every
         # parent before its child anyway
-        graph[name] = {m for m in _imports(name) if m in MODULES and m != name and not name.startswith(m + ".")}
+        graph[name] = {
+            m for m in _imports(name) if m in MODULES and m != name and not name.startswith(m + ".")
+        }
     return graph
 
 
@@ -63,7 +66,7 @@ def test_no_import_circle():
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt) :] + [nxt]
+                cycle = [*path[path.index(nxt) :], nxt]
                 raise AssertionError("import circle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -112,7 +115,8 @@ def _long_functions(tree: ast.AST) -> list[tuple[str, int]]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             # the docstring does not count: what is read is the code
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+            first = body[0] if body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 body = body[1:]
             if body:
                 length = (body[-1].end_lineno or 0) - body[0].lineno + 1
