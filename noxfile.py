@@ -90,7 +90,10 @@ def cuda(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """The documentation site (Sphinx: the README as user guide through MyST, the API
-    reference from the docstrings), warnings as errors, into docs/_build/html."""
+    """The documentation site (Sphinx: the user guide's MyST pages, the API reference from
+    the docstrings, pydata-sphinx-theme), warnings as errors, into docs/_build/html."""
     session.install("-r", "backends/numpy.txt", "-r", "backends/torch.txt", "-e", ".[docs]")
-    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    # -E: a fresh environment, so that the API pages follow the docstrings
+    session.run(
+        "python", "-m", "sphinx", "-E", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )

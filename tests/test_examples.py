@@ -43,10 +43,21 @@ def _load(script):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # dask's chunking notes
-def test_dask_evaluation_example():
+def test_dask_evaluation_example(tmp_path, capsys):
     pytest.importorskip("dask.array", reason="dask is not installed")
-    value = _load("evaluate_dask.py").main(rows=20_000)
-    assert 0.0 < value < 10.0
+    example = _load("evaluate_dask.py")
+    assert 0.0 < example.main(rows=20_000) < 10.0
+    # saved logits, read back through a memory map, equal the in-memory evaluation
+    logits_path, labels_path = example.save_logits(tmp_path, rows=5_000)
+    value, accuracy = example.evaluate(logits_path, labels_path, chunk_rows=1_000)
+    import numpy as np
+
+    import ls_xp
+
+    logits, labels = np.load(logits_path), np.load(labels_path)
+    assert abs(value - float(ls_xp.cross_entropy(logits, labels, 0.1))) <= 1e-5 * value
+    assert accuracy == float((logits.argmax(axis=1) == labels).mean())
+    assert "5 chunks" in capsys.readouterr().out
 
 
 def test_two_frameworks_example_gives_equal_losses():
