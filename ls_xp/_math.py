@@ -105,17 +105,17 @@ def safe_divide(
 ) -> Array | float:
     """num / den, with ``at_zero`` (0 or NaN) where den == 0, and no floating-point warning.
 
-    A zero denominator is replaced by inf (a finite num / inf = 0) or by NaN: three
-    operations rather than a guarded division's four, which count as launches on an
-    accelerator; two where the caller passes ``nonzero`` (``den != 0``) from an earlier
-    division by the same ``den``. (A non-finite num over a zero den gives NaN either way.)"""
+    A zero denominator is replaced by inf (a finite num / inf = 0) or by NaN, rather than
+    guarding the division on both sides; a caller that divides twice by the same ``den``
+    passes ``nonzero`` (``den != 0``) to share the test. (A non-finite num over a zero den
+    gives NaN either way.)"""
     if isinstance(den, float):
         return num / den if den != 0 else num * 0.0 + at_zero
     if not (at_zero == 0.0 or math.isnan(at_zero)):
         raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")
     ok = den != 0 if nonzero is None else nonzero
     safe_den = xp.where(ok, den, math.inf if at_zero == 0.0 else math.nan)
-    if isinstance(num, float) and num == 1.0:  # one operation (PyTorch's 1 / x is two)
+    if isinstance(num, float) and num == 1.0:  # (PyTorch's 1 / x is a division and a fill)
         return xp.reciprocal(safe_den)
     return num / safe_den
 
@@ -123,7 +123,7 @@ def safe_divide(
 def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
     """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
     two block-sized temporaries. The standard's in-place operators write in place where
-    the library can (and rebind where it cannot, e.g. JAX): one operation each."""
+    the library can (and rebind where it cannot, e.g. JAX)."""
     if not inplace:
         return a * scale if shift is None else a * scale - shift
     a *= scale
@@ -133,7 +133,7 @@ def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *,
 
 
 def astype(xp: ModuleType, a: Array, dtype: Any) -> Array:
-    """``astype`` only where the dtype differs (no operation at all otherwise)."""
+    """``astype`` only where the dtype differs."""
     return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
@@ -239,7 +239,8 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     factors); so that an ignored row (factor 0) adds exactly 0 whatever its logits, its
     logits are replaced by 0 and its classes all allowed where ``guard_rows`` says that
     ignored rows may be present."""
-    x, y, t, valid, m, w, w_y, w_sum, factor = rows
+    x, y, t, valid, m, w = rows.x, rows.y, rows.t, rows.valid, rows.m, rows.w
+    w_y, w_sum = rows.w_y, rows.w_sum
     num_classes = x.shape[1]
     if sp.guard_rows:
         assert valid is not None
@@ -257,9 +258,10 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         s_w = xp.sum(cw, axis=-1, keepdims=True)
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     if t is not None:
-        return _soft_block(xp, sp, ls, t, m, w, cw, k_n, factor, pk)
+        return _soft_block(xp, sp, ls, rows._replace(m=m), cw, k_n, pk)
     assert y is not None
-    return _index_block(xp, sp, ls, x, y, cw, w_y, k_n, s_w, factor, pk)
+    c = _index_coefficients(xp, sp, k_n, s_w, w_y, cw is not None)
+    return _index_block(xp, sp, ls, rows._replace(x=x), cw, c, pk)
 
 
 @dataclass(frozen=True)
@@ -287,19 +289,12 @@ class _LogSoftmax:
 
 
 def _soft_block(
-    xp: ModuleType,
-    sp: Spec,
-    ls: _LogSoftmax,
-    t: Array,
-    m: Array | None,
-    w: Array | None,
-    cw: Array | None,
-    k_n: float | Array,
-    factor: float | Array,
-    pk: Picks,
+    xp: ModuleType, sp: Spec, ls: _LogSoftmax, rows: BlockRows, cw: Array | None, k_n: Any, pk: Picks
 ) -> BlockOut:
     """Probability targets: q = (1 - eps) t + eps/K, or (1 - eps) t + eps (1 - t)/(K - 1)."""
     eps, uniform = sp.eps, sp.convention == "uniform"
+    t, m, w, factor = rows.t, rows.m, rows.w, rows.factor
+    assert t is not None
     a, b = smoothing_coefficients(xp, eps, k_n, sp.convention)
     q = (1.0 - eps) * t + (b if uniform else b * (1.0 - t))
     if m is not None:
@@ -339,18 +334,34 @@ def _soft_block(
     return BlockOut(row, drow, g, tg)
 
 
+class _Coef(NamedTuple):
+    """A row's smoothed target in closed form: q = a onehot(y) + b on allowed classes."""
+
+    a: float | Array
+    b: float | Array  # the smoothing mass of each allowed class
+    q_y: float | Array  # q at the target: a + b
+    wy: float | Array  # the target's class weight (1 without weights)
+    s_w: float | Array  # the weight of the allowed classes, S_w
+    others: float | Array  # b (S_w - w_y): the target mass of the other classes, weighted
+    q_w: float | Array  # Q = sum_c w_c q_c = q_y w_y + b (S_w - w_y)
+    k_n: float | Array  # the number of allowed classes
+    smoothing: bool  # eps is not a Python 0
+
+
+def _index_coefficients(
+    xp: ModuleType, sp: Spec, k_n: float | Array, s_w: float | Array, w_y: Array | None, weighted_: bool
+) -> _Coef:
+    eps, uniform = sp.eps, sp.convention == "uniform"
+    a, b = smoothing_coefficients(xp, eps, k_n, sp.convention)
+    q_y = (1.0 - eps) + b if uniform else 1.0 - eps
+    wy = 1.0 if w_y is None else w_y
+    others = b * (s_w - wy)
+    q_w = q_y * wy + others if weighted_ else 1.0  # (q sums to 1 without class weights)
+    return _Coef(a, b, q_y, wy, s_w, others, q_w, k_n, not is_zero(eps))
+
+
 def _index_block(
-    xp: ModuleType,
-    sp: Spec,
-    ls: _LogSoftmax,
-    x: Array,
-    y: Array,
-    cw: Array | None,
-    w_y: Array | None,
-    k_n: float | Array,
-    s_w: float | Array,
-    factor: float | Array,
-    pk: Picks,
+    xp: ModuleType, sp: Spec, ls: _LogSoftmax, rows: BlockRows, cw: Array | None, c: _Coef, pk: Picks
 ) -> BlockOut:
     """Class indices. With b the smoothing mass of each allowed class and
     Q = sum_c w_c q_c = q_y w_y + b (S_w - w_y) (1 without class weights: q sums to 1),
@@ -363,62 +374,45 @@ def _index_block(
     whole range, and a factor of 0 makes its term 0 also against a -inf logit
     (0 * inf = 0). Per-row quantities are (n, 1) columns.
     """
-    eps, uniform = sp.eps, sp.convention == "uniform"
-    smoothing = not is_zero(eps)
-    a, b = smoothing_coefficients(xp, eps, k_n, sp.convention)
-    q_y = (1.0 - eps) + b if uniform else 1.0 - eps
-    wy = 1.0 if w_y is None else w_y
-    others = b * (s_w - wy)  # b times the weight of the classes other than y
-    q_w = 1.0 if cw is None else q_y * wy + others  # Q
+    eps, uniform, y = sp.eps, sp.convention == "uniform", rows.y
+    assert y is not None
     y_at = at(pk, y)
-    # y is never masked, so z_y = x_y - max. Eager arrays gather it from z (one operation,
-    # before z changes below); under a compiler (dense picks) from x, so that z, which
-    # then only feeds exp and a sum, is fused away instead of kept (XLA: 1 N x K
-    # temporary instead of 2 at 2048 x 131072)
+    # 1. z_y: y is never masked, so z_y = x_y - max. Eager arrays gather it from z (before
+    #    z changes below); under a compiler (dense picks) from x, so that z, which then
+    #    only feeds exp and a sum, is fused away instead of kept as a second temporary
     if pk.dense and ls.x_max is not None:
-        z_y = take_per_row(xp, x, pk, y) - ls.x_max
+        z_y = take_per_row(xp, rows.x, pk, y) - ls.x_max
     else:
         z_y = take_per_row(xp, ls.z, pk, y)
+    # 2. the loss row: Q l1 - (1 - eps) w_y z_y (l1 is finite or NaN: no 0 * inf guard) ...
     l1 = ls.l1
-    # (l1 is finite or NaN, so Q l1 needs no 0 * inf guard)
-    row = (l1 if cw is None else q_w * l1) - weighted(xp, (1.0 - eps) * wy, z_y)
+    row = (l1 if cw is None else c.q_w * l1) - weighted(xp, (1.0 - eps) * c.wy, z_y)
     z_sum = None  # sum'_c w_c z_c <= 0: every allowed class, or every class but y ("others")
-    if smoothing or sp.want_eps_grad:
+    if c.smoothing or sp.want_eps_grad:
         z = ls.z
         if not uniform:
             z = put_per_row(xp, z, y_at, 0.0, add=False, inplace=sp.inplace and ls.z_is_ours)
         z_sum = xp.sum(z if cw is None else weighted(xp, cw, z), axis=-1, keepdims=True)
-        if smoothing:
-            row = row - weighted(xp, b, z_sum)
-    if sp.kl:  # minus the entropy of q: q_y on y, b on the S_w - w_y other weights
-        row = row + wy * xlogx(xp, q_y) + xlogx(xp, b) * (s_w - wy)
+        if c.smoothing:  # ... - b sum'_c w_c z_c
+            row = row - weighted(xp, c.b, z_sum)
+    if sp.kl:  # ... + the negative entropy of q: q_y on y, b on the S_w - w_y other weights
+        row = row + c.wy * xlogx(xp, c.q_y) + xlogx(xp, c.b) * (c.s_w - c.wy)
+    # 3. d loss / d eps, from the same terms
     drow = None
     if sp.want_eps_grad:
         assert z_sum is not None
-        drow = _index_eps_row(xp, sp, k_n, q_y, b, wy, s_w, l1, z_y, z_sum)
-    g = None
-    if sp.want_grad:
-        coefs = (q_y, a, b, others, q_w)
-        g = _index_grad(xp, sp, ls, y, y_at, cw, wy, coefs, s_w, factor, pk, smoothing)
+        drow = _index_eps_row(xp, sp, c, l1, z_y, z_sum)
+    # 4. the gradient rows
+    g = _index_grad(xp, sp, ls, y, y_at, cw, c, rows.factor, pk) if sp.want_grad else None
     return BlockOut(row, drow, g, None)
 
 
-def _index_eps_row(
-    xp: ModuleType,
-    sp: Spec,
-    k_n: float | Array,
-    q_y: float | Array,
-    b: float | Array,
-    wy: float | Array,
-    s_w: float | Array,
-    l1: Array,
-    z_y: Array,
-    z_sum: Array,
-) -> Array:
+def _index_eps_row(xp: ModuleType, sp: Spec, c: _Coef, l1: Array, z_y: Array, z_sum: Array) -> Array:
     """d loss_n / d eps. The loss is (1 - eps) T1 + b T2 with T1 = w_y (l1 - z_y),
     T2 = S' l1 - sum'_c w_c z_c (S' the weight that sum' runs over) and b affine in eps,
     so this is exact: -T1 + db T2 (plus the entropy's derivative for the KL form)."""
-    _, db = smoothing_coefficients(xp, 1.0, k_n, sp.convention)
+    _, db = smoothing_coefficients(xp, 1.0, c.k_n, sp.convention)
+    wy, s_w = c.wy, c.s_w
     t1 = weighted(xp, wy, l1 - z_y)  # w_y (-log p_y)
     t2 = (s_w if sp.convention == "uniform" else s_w - wy) * l1 - z_sum
     d = weighted(xp, db, t2) - t1
@@ -427,8 +421,8 @@ def _index_eps_row(
         dq_y = -1.0 + db if sp.convention == "uniform" else -1.0
         d = (
             d
-            + weighted(xp, wy * dq_y, log_plus_one(xp, q_y))
-            + weighted(xp, db * (s_w - wy), log_plus_one(xp, b))
+            + weighted(xp, wy * dq_y, log_plus_one(xp, c.q_y))
+            + weighted(xp, db * (s_w - wy), log_plus_one(xp, c.b))
         )
     return d
 
@@ -438,14 +432,11 @@ def _index_grad(
     sp: Spec,
     ls: _LogSoftmax,
     y: Array,
-    y_at: Array,
+    y_at: Any,
     cw: Array | None,
-    wy: float | Array,
-    coefs: tuple[Any, Any, Any, Any, Any],
-    s_w: float | Array,
+    c: _Coef,
     factor: float | Array,
     pk: Picks,
-    smoothing: bool,
 ) -> Array:
     """g_c = (Q p_c - w_c q_c) r with Q = sum_k w_k q_k = q_y w_y + b (S_w - w_y).
 
@@ -453,11 +444,10 @@ def _index_grad(
     Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
     w_top)) keeps a confident, correct row exact.
     """
-    # q = a onehot + b on allowed classes, q_y = a + b, others = b (S_w - w_y), q_w = Q
-    q_y, a, b, others, q_w = coefs
+    a, b, q_y, wy, s_w, others, q_w = c.a, c.b, c.q_y, c.wy, c.s_w, c.others, c.q_w
     r = factor  # per row, an array on this path
     off = None  # the b w_c r part, (n, 1) or (n, K)
-    if smoothing:
+    if c.smoothing:
         off = b * r if cw is None else (b * r) * cw
     neg_on = (-a * wy) * r  # minus the rest of w_y q_y r, at y
     if sp.log_probs:
@@ -471,7 +461,7 @@ def _index_grad(
     # exactly below
     g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
     g = put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
-    if smoothing:
+    if c.smoothing:
         if cw is None:
             cw_top: float | Array = 1.0
         elif cw.ndim == 1:

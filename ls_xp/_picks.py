@@ -87,9 +87,9 @@ def put_per_row(
 
     In place where ``g`` is ours (``inplace``) and ``at`` is an index pair; a boolean mask
     ``at`` gives an elementwise select. An index pair is only formed for writeable arrays
-    of the compute dtype (:func:`_blocks`), so the in-place write is a plain assignment:
-    ``xpx.at`` would add a cast per write on PyTorch (its guard against mixed dtypes,
-    which cannot occur here), one more launch on an accelerator.
+    of the compute dtype (:func:`ls_xp._evaluate.blocks`), so the in-place write is a
+    plain assignment: ``xpx.at`` would add a cast per write on PyTorch (its guard against
+    mixed dtypes, which cannot occur here).
     """
     if not isinstance(at, tuple):
         return xp.where(at, g + values if add else values, g)
