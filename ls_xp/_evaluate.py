@@ -22,7 +22,8 @@ from array_api_compat import device as get_device
 
 from ls_xp import _math, _plan
 from ls_xp import _validate as v
-from ls_xp._math import BlockOut, BlockRows, Spec, astype, is_zero, move_axis, safe_divide
+from ls_xp._math import BlockOut, BlockRows, Spec
+from ls_xp._numeric import astype, is_zero, move_axis, safe_divide
 from ls_xp._picks import Picks, scatters_in_place, take_class
 
 Array = Any

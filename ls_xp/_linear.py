@@ -40,7 +40,7 @@ from array_api_compat import device as get_device
 from ls_xp import _plan
 from ls_xp import _validate as v
 from ls_xp._evaluate import Request, class_indices, evaluate, total_weight
-from ls_xp._math import astype, safe_divide
+from ls_xp._numeric import astype, safe_divide
 
 Array = Any
 
