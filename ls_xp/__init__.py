@@ -18,11 +18,13 @@ from ls_xp._api import (
     linear_loss_and_grad,
     loss_and_grad,
 )
+from ls_xp._evaluate import Aux
 from ls_xp._targets import mixup_targets, smooth_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aux",
     "__version__",
     "cross_entropy",
     "cross_entropy_grad",

@@ -30,8 +30,10 @@ class Adapter:
     def loss(
         self, logits: Array, target: Any, smoothing: Any, weight: Any, where: Any, opts: Options, *, kl: bool
     ) -> Array:
-        """The loss (``cross_entropy``, or ``kl_divergence`` with ``kl``)."""
-        return evaluate(logits, target, smoothing, weight, where, opts, Request(kl=kl)).loss
+        """The loss (``cross_entropy``, or ``kl_divergence`` with ``kl``); ``(loss, aux)``
+        with ``opts.return_aux``."""
+        res = evaluate(logits, target, smoothing, weight, where, opts, Request(kl=kl))
+        return (res.loss, res.aux) if opts.return_aux else res.loss
 
     def values(
         self,
@@ -43,10 +45,11 @@ class Adapter:
         opts: Options,
         *,
         want_loss: bool,
-    ) -> tuple[Array | None, Array]:
-        """The loss (if ``want_loss``) and its analytic gradient, as plain values."""
+    ) -> tuple[Array | None, Array, Any]:
+        """The loss (if ``want_loss``), its analytic gradient and the statistics (with
+        ``opts.return_aux``, else None), as plain values."""
         res = evaluate(logits, target, smoothing, weight, where, opts, Request(loss=want_loss, grad=True))
-        return res.loss, res.grad
+        return res.loss, res.grad, res.aux
 
     def linear_loss(
         self,

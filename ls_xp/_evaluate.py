@@ -25,6 +25,7 @@ from ls_xp import _validate as v
 from ls_xp._math import BlockOut, BlockRows, Spec
 from ls_xp._numeric import astype, is_zero, move_axis, safe_divide
 from ls_xp._picks import Picks, scatters_in_place, take_class
+from ls_xp._shift import Shift
 
 Array = Any
 
@@ -42,6 +43,33 @@ class Request:
     loss_in_compute_dtype: bool = False  # keep a half-precision input's loss in float32
 
 
+class Aux(NamedTuple):
+    """Statistics of the same pass as the loss (``return_aux=True``); none carries a gradient.
+
+    Attributes
+    ----------
+    lse : array
+        The log-sum-exp of each position's (softcapped) logits, the shape of the
+        per-position losses; 0 at ignored positions.
+    z_loss : array
+        The z-loss term, ``z_loss * lse**2`` summed over the counted positions and reduced
+        as the loss is (``"mean"``: divided by their number, also with class weights).
+    accuracy : array
+        Whether each position's first argmax is its target class (for probability
+        targets: the target's first argmax): the fraction of the counted positions for
+        ``"mean"``, their number for ``"sum"``, 1 or 0 per position for ``"none"`` (0 at
+        ignored positions).
+    count : array
+        The number of counted (not ignored) positions, a 0-d integer array: the
+        normaliser across micro-batches and ranks (HF's ``num_items_in_batch``).
+    """
+
+    lse: Array
+    z_loss: Array
+    accuracy: Array
+    count: Array
+
+
 class Result(NamedTuple):
     """What one evaluation returns; fields that were not asked for are None."""
 
@@ -49,6 +77,7 @@ class Result(NamedTuple):
     grad: Array | None  # d loss / d logits
     target_grad: Array | None  # d loss / d target (probability targets)
     smoothing_grad: Array | None  # d loss / d smoothing, the shape of ``loss``
+    aux: Aux | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,7 @@ class _Rows:
     classes: Array | None  # arange(K) where a mask needs it, else made by the blocks if needed
     total_weight: float | Array  # the "mean" denominator
     nonzero: Array | None  # total_weight != 0, where it is an array
+    count: float | Array  # the number of counted rows (the z-loss's "mean" denominator)
 
 
 def evaluate(
@@ -85,29 +115,48 @@ def evaluate(
         eps=v.check_smoothing(xp, smoothing, dt, dev, read), convention=opts.convention,
         log_probs=opts.log_probs, kl=req.kl, dtype=dt, want_grad=req.grad,
         want_target_grad=req.target_grad, want_eps_grad=req.smoothing_grad, guard_rows=False,
-        inplace=req.inplace, workers=opts.workers, plan=plan, read=read,
+        inplace=req.inplace, workers=opts.workers, plan=plan, read=read, z_loss=opts.z_loss,
+        softcap=opts.softcap, want_aux=opts.return_aux,
     )  # fmt: skip
-    num_classes = shape[ax]
-    v.check_num_classes(num_classes, sp.convention, "number of classes (logits.shape[axis])")
+    v.check_num_classes(shape[ax], sp.convention, "number of classes (logits.shape[axis])")
     target, weight, where = v.inputs_like(xp, dev, target, weight, where)
+    shifted = None
+    if opts.shift:
+        shifted = Shift.of(xp, logits, target, where, ax, opts)
+        logits, target, where = shifted.logits, shifted.target, shifted.where
 
     rows = _rows(xp, sp, logits, target, weight, where, ax, opts)
     br = rows.block
-    soft = br.valid is None
     # ignored rows may hold non-finite logits: their logits are replaced in every block
     guard = br.valid is not None and (
         not read or not _plan.is_concrete(br.valid) or v.any_true(xp, ~br.valid)
     )
-    sp = sp._replace(want_target_grad=req.target_grad and soft, guard_rows=guard)
+    sp = sp._replace(want_target_grad=req.target_grad and br.valid is None, guard_rows=guard)
     grad_buf = None
-    if req.grad and opts.overwrite_logits and _plan.can_overwrite(logits, ax, dt):
+    if req.grad and opts.overwrite_logits and shifted is None and _plan.can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
-    step = _plan.block_rows(br.x, opts.chunk_size, plan)
-    row, drow, grad, tgrad = blocks(xp, sp, rows, step, grad_buf)
+    out = blocks(xp, sp, rows, _plan.block_rows(br.x, opts.chunk_size, plan), grad_buf)
+    res = _assemble(xp, out, rows, logits, target, ax, opts, req)
+    return res if shifted is None else shifted.restore(xp, res, opts)
 
-    batch_shape = shape[:ax] + shape[ax + 1 :]
-    out_dtype = dt if req.loss_in_compute_dtype else logits.dtype
-    reduce = _Reduction(xp, opts.reduction, br.factor, rows, batch_shape, out_dtype)
+
+def _assemble(
+    xp: ModuleType,
+    out: _Blocks,
+    rows: _Rows,
+    logits: Array,
+    target: Array,
+    ax: int,
+    opts: v.Options,
+    req: Request,
+) -> Result:
+    """The reductions of the per-row values, the gradients in the logits' layout and dtype,
+    and the statistics."""
+    shape = tuple(logits.shape)
+    batch_shape, num_classes = shape[:ax] + shape[ax + 1 :], shape[ax]
+    dt = rows.block.x.dtype if req.loss_in_compute_dtype else logits.dtype
+    reduce = _Reduction(xp, opts.reduction, rows.block.factor, rows, batch_shape, dt)
+    reduce_z = reduce._replace(factor=rows.block.factor_z)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None or g is logits:
@@ -116,12 +165,42 @@ def evaluate(
             g = xp.reshape(g, (*batch_shape, num_classes))
         return astype(xp, move_axis(xp, g, -1, ax), dtype)
 
+    loss = reduce(out.row, math.nan) if req.loss else None
+    z_term = None if out.z_row is None else reduce_z(out.z_row, 0.0)
+    if loss is not None and z_term is not None:
+        loss = loss + z_term
+    aux = None
+    if opts.return_aux:
+        assert out.lse is not None and out.hit is not None
+        valid = rows.block.valid
+        lse = out.lse if valid is None else xp.where(valid, out.lse, 0.0)
+        accuracy = reduce_z(out.hit, 0.0)
+        if opts.reduction == "mean":  # the fraction of no position: NaN
+            if isinstance(rows.count, float):
+                accuracy = accuracy if rows.count else accuracy * math.nan
+            else:
+                accuracy = xp.where(rows.count != 0, accuracy, math.nan)
+        zero = xp.zeros((), dtype=dt, device=get_device(logits))
+        aux = Aux(
+            lse=astype(xp, xp.reshape(lse, batch_shape), dt),
+            z_loss=zero if z_term is None else z_term,
+            accuracy=accuracy,
+            count=_count(xp, rows, logits),
+        )
     return Result(
-        loss=reduce(row, math.nan) if req.loss else None,
-        grad=_unflatten(grad, logits.dtype),
-        target_grad=_unflatten(tgrad, target.dtype),
-        smoothing_grad=reduce(drow, 0.0),  # a mean over nothing: NaN loss, zero derivatives
+        loss=loss,
+        grad=_unflatten(out.grad, logits.dtype),
+        target_grad=_unflatten(out.target_grad, target.dtype),
+        smoothing_grad=reduce(out.eps_row, 0.0),  # a mean over nothing: NaN loss, zero derivatives
+        aux=aux,
     )
+
+
+def _count(xp: ModuleType, rows: _Rows, logits: Array) -> Array:
+    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(logits))
+    if isinstance(rows.count, float):
+        return xp.asarray(int(rows.count), dtype=index_dtype, device=get_device(logits))
+    return xp.astype(rows.count, index_dtype)
 
 
 class _Reduction(NamedTuple):
@@ -217,9 +296,25 @@ def _rows(
     if soft:
         total = float(x.shape[0])
         factor = 1.0 if opts.reduction != "mean" else safe_divide(xp, 1.0, total, 0.0)
-        br = BlockRows(x, None, as_rows(xp, target, ax), None, m, w, None, w_sum, factor)
-        return _Rows(br, classes, total, None)
+        br = BlockRows(x, None, as_rows(xp, target, ax), None, m, w, None, w_sum, factor, factor)
+        return _Rows(br, classes, total, None, total)
+    return _index_rows(xp, sp, x, target, m, w, w_sum, classes, opts)
 
+
+def _index_rows(
+    xp: ModuleType,
+    sp: Spec,
+    x: Array,
+    target: Array,
+    m: Array | None,
+    w: Array | None,
+    w_sum: Array | None,
+    classes: Array | None,
+    opts: v.Options,
+) -> _Rows:
+    """The bookkeeping of class indices: which rows count, and each row's factor."""
+    num_classes, dt = x.shape[1], sp.dtype
+    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(x))
     y = astype(xp, xp.reshape(target, (-1, 1)), index_dtype)  # a column, like every per-row array
     valid, ok, safe = class_indices(xp, y, num_classes, opts.ignore_index, sp.read)
     if m is not None:
@@ -240,8 +335,16 @@ def _rows(
     else:
         per_row = xp.astype(valid, dt)
     factor = xp.where(valid, xp.where(ok, per_row, math.nan), 0.0)
-    br = BlockRows(x, safe, None, valid, m, w, w_y, w_sum, factor)  # (bad rows: NaN factors)
-    return _Rows(br, classes, total, nonzero)
+    # the z-loss and the accuracy count rows, not their weights: 1 / the number of counted
+    # rows for "mean" (Liger-Kernel's z-loss); without weights that is the same factor
+    factor_z: Array | None = factor
+    count: float | Array = 0.0
+    if sp.z_loss or sp.want_aux:
+        count = xp.sum(xp.astype(valid, dt))
+        if opts.reduction == "mean" and w is not None:
+            factor_z = xp.where(valid, xp.where(ok, safe_divide(xp, 1.0, count, 0.0), math.nan), 0.0)
+    br = BlockRows(x, safe, None, valid, m, w, w_y, w_sum, factor, factor_z)  # (bad rows: NaN factors)
+    return _Rows(br, classes, total, nonzero, count)
 
 
 def as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
@@ -252,9 +355,19 @@ def as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
     return xp.reshape(move_axis(xp, a, ax, -1), (-1, a.shape[ax]))
 
 
-def blocks(
-    xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | None
-) -> tuple[Array, Array | None, Array | None, Array | None]:
+class _Blocks(NamedTuple):
+    """The blocks' results joined: (N, 1) per-row values and (N, K) gradients."""
+
+    row: Array
+    eps_row: Array | None
+    grad: Array | None
+    target_grad: Array | None
+    z_row: Array | None
+    lse: Array | None
+    hit: Array | None
+
+
+def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | None) -> _Blocks:
     """Run the block function over row blocks; per-row losses (and their derivatives in
     eps) and the (N, K) gradients, filled block by block where there is more than one."""
     br = rw.block
@@ -263,12 +376,11 @@ def blocks(
     if n_rows == 0:  # nothing to evaluate (lazy reductions refuse empty input)
         empty = xp.zeros((0, num_classes), dtype=dt, device=dev)
         column = xp.zeros((0, 1), dtype=dt, device=dev)
-        return (
-            column,
-            column if sp.want_eps_grad else None,
-            empty if sp.want_grad else None,
-            empty if sp.want_target_grad else None,
-        )
+        return _Blocks(
+            column, column if sp.want_eps_grad else None, empty if sp.want_grad else None,
+            empty if sp.want_target_grad else None, column if sp.z_loss else None,
+            column if sp.want_aux else None, column if sp.want_aux else None,
+        )  # fmt: skip
     dense = not (scatters_in_place(xp) and _plan.is_concrete(br.x))
     rows = xp.arange(min(step, n_rows), device=dev)[:, None]
     classes = rw.classes
@@ -302,8 +414,12 @@ def blocks(
     shared = fill and _plan.is_concrete(br.x) and all(is_writeable_array(buf) for buf in bufs.values())
     threads = min(_plan.workers(xp, sp.workers, sp.plan), len(starts)) if shared and len(starts) > 1 else 1
     out = _plan.run_blocks(run, len(starts), threads)
-    row = out[0].row if len(out) == 1 else xp.concat([b.row for b in out])
-    drow = None
-    if sp.want_eps_grad:
-        drow = out[0].eps_row if len(out) == 1 else xp.concat([b.eps_row for b in out])
-    return row, drow, bufs.get("grad", out[0].grad), bufs.get("target_grad", out[0].target_grad)
+
+    def _rows_of(field: str) -> Array | None:
+        parts = [getattr(b, field) for b in out]
+        return parts[0] if len(parts) == 1 or parts[0] is None else xp.concat(parts)
+
+    return _Blocks(
+        _rows_of("row"), _rows_of("eps_row"), bufs.get("grad", out[0].grad),
+        bufs.get("target_grad", out[0].target_grad), _rows_of("z_row"), _rows_of("lse"), _rows_of("hit"),
+    )  # fmt: skip

@@ -120,6 +120,9 @@ class Spec(NamedTuple):
     workers: int | None  # threads over row blocks (CPU plan); None: the library's default
     plan: str  # the execution plan, "cpu" or "accelerator"
     read: bool  # values may be read back (checks that raise); never on the accelerator plan
+    z_loss: float = 0.0  # the weight of lse**2 in each row's loss (PaLM's z-loss)
+    softcap: float | None = None  # logits become softcap * tanh(x / softcap) first
+    want_aux: bool = False  # the per-row lse and first-argmax hits
 
 
 class BlockOut(NamedTuple):
@@ -127,6 +130,9 @@ class BlockOut(NamedTuple):
     eps_row: Array | None  # per-row d loss / d eps, likewise
     grad: Array | None  # gradient rows times the row factor
     target_grad: Array | None
+    z_row: Array | None = None  # per-row z-loss terms, before the z factors
+    lse: Array | None = None  # per-row log-sum-exp of the (softcapped) logits
+    hit: Array | None = None  # 1 where the first maximum is the target class, else 0
 
 
 class BlockRows(NamedTuple):
@@ -141,6 +147,9 @@ class BlockRows(NamedTuple):
     w_y: Array | None  # each row's class weight, (n, 1)
     w_sum: Array | None  # sum of the class weights
     factor: float | Array  # each row's factor in the reduction (NaN at bad rows), (n, 1)
+    # the factor of the z-loss terms and of the accuracy: 1 / the number of rows counted
+    # for "mean" (not their weight), 0 at ignored rows; None where neither is wanted
+    factor_z: float | Array | None = None
 
     def rows(self, sl: slice) -> BlockRows:
         """The rows ``sl`` of every per-row field (the class weights are shared)."""
@@ -158,6 +167,7 @@ class BlockRows(NamedTuple):
             cut(self.w_y),
             self.w_sum,
             cut(self.factor),
+            cut(self.factor_z),
         )
 
 
@@ -185,12 +195,45 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         k_n = xp.sum(mf, axis=-1, keepdims=True)
         cw = mf if w is None else xp.where(m, w, 0.0)
         s_w = xp.sum(cw, axis=-1, keepdims=True)
+    # 1. softcapping (Gemma 2): every later step sees the capped logits
+    cap = None
+    if sp.softcap is not None:
+        cap = xp.tanh(x / sp.softcap)
+        x = sp.softcap * cap
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
+    # 2. the z-loss's share of each row's softmax coefficient: d(z lse^2)/dx_c = 2 z lse p_c
+    lse = None if ls.x_max is None or not (sp.z_loss or sp.want_aux) else ls.x_max + ls.l1
+    z_coef = None
+    if sp.z_loss and sp.want_grad:
+        assert lse is not None and rows.factor_z is not None
+        z_coef = (2.0 * sp.z_loss) * lse * rows.factor_z
+    # 3. the cross-entropy rows and their gradient
     if t is not None:
-        return _soft_block(xp, sp, ls, rows._replace(m=m), cw, k_n, pk)
-    assert y is not None
-    c = _index_coefficients(xp, sp, k_n, s_w, w_y, cw is not None)
-    return _index_block(xp, sp, ls, rows._replace(x=x), cw, c, pk)
+        out = _soft_block(xp, sp, ls, rows._replace(m=m), cw, k_n, pk, z_coef)
+        target = _first_max(xp, t if m is None else xp.where(m, t, -math.inf), pk) if sp.want_aux else None
+    else:
+        assert y is not None
+        c = _index_coefficients(xp, sp, k_n, s_w, w_y, cw is not None)
+        out = _index_block(xp, sp, ls, rows._replace(x=x), cw, c, pk, z_coef)
+        target = y
+    # 4. the z-loss rows, the statistics, and the softcap's chain rule 1 - tanh^2
+    g = out.grad
+    if cap is not None and g is not None:
+        g = _scale_shift(xp, g, 1.0 - cap * cap, None, inplace=sp.inplace and not pk.dense)
+    return out._replace(
+        grad=g,
+        z_row=None if not sp.z_loss or lse is None else sp.z_loss * (lse * lse),
+        lse=lse,
+        hit=None if target is None else xp.astype(ls.top == target, sp.dtype),
+    )
+
+
+def _first_max(xp: ModuleType, a: Array, pk: Picks) -> Array:
+    """The column of each row's first maximum, (n, 1) (a probability target's class)."""
+    if pk.dense:
+        a_max = xp.max(a, axis=-1, keepdims=True)
+        return xp.min(xp.where(a == a_max, pk.classes, a.shape[-1] - 1), axis=-1, keepdims=True)
+    return astype(xp, xp.argmax(a, axis=-1, keepdims=True), pk.rows.dtype)
 
 
 @dataclass(frozen=True)
@@ -218,7 +261,14 @@ class _LogSoftmax:
 
 
 def _soft_block(
-    xp: ModuleType, sp: Spec, ls: _LogSoftmax, rows: BlockRows, cw: Array | None, k_n: Any, pk: Picks
+    xp: ModuleType,
+    sp: Spec,
+    ls: _LogSoftmax,
+    rows: BlockRows,
+    cw: Array | None,
+    k_n: Any,
+    pk: Picks,
+    z_coef: Array | None,
 ) -> BlockOut:
     """Probability targets: q = (1 - eps) t + eps/K, or (1 - eps) t + eps (1 - t)/(K - 1)."""
     eps, uniform = sp.eps, sp.convention == "uniform"
@@ -252,8 +302,11 @@ def _soft_block(
             assert ls.s is not None and ls.e is not None
             norm = 1.0 + ls.s
             wq_top = take_per_row(xp, wq, pk, ls.top)
-            top_val = ((q_w - wq_top) - q_w * (ls.s / norm)) * r
-            g = _scale_shift(xp, ls.e, q_w * r / norm, wq * r, inplace=sp.inplace and not pk.dense)
+            p_coef = q_w * r if z_coef is None else q_w * r + z_coef  # the coefficient of p
+            top_val = ((q_w - wq_top) * r if z_coef is None else (q_w - wq_top) * r + z_coef) - p_coef * (
+                ls.s / norm
+            )
+            g = _scale_shift(xp, ls.e, p_coef / norm, wq * r, inplace=sp.inplace and not pk.dense)
             g = put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
     if sp.want_target_grad:
         # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
@@ -290,7 +343,14 @@ def _index_coefficients(
 
 
 def _index_block(
-    xp: ModuleType, sp: Spec, ls: _LogSoftmax, rows: BlockRows, cw: Array | None, c: _Coef, pk: Picks
+    xp: ModuleType,
+    sp: Spec,
+    ls: _LogSoftmax,
+    rows: BlockRows,
+    cw: Array | None,
+    c: _Coef,
+    pk: Picks,
+    z_coef: Array | None,
 ) -> BlockOut:
     """Class indices. With b the smoothing mass of each allowed class and
     Q = sum_c w_c q_c = q_y w_y + b (S_w - w_y) (1 without class weights: q sums to 1),
@@ -332,7 +392,7 @@ def _index_block(
         assert z_sum is not None
         drow = _index_eps_row(xp, sp, c, l1, z_y, z_sum)
     # 4. the gradient rows
-    g = _index_grad(xp, sp, ls, y, y_at, cw, c, rows.factor, pk) if sp.want_grad else None
+    g = _index_grad(xp, sp, ls, y, y_at, cw, c, rows.factor, pk, z_coef) if sp.want_grad else None
     return BlockOut(row, drow, g, None)
 
 
@@ -366,6 +426,7 @@ def _index_grad(
     c: _Coef,
     factor: float | Array,
     pk: Picks,
+    z_coef: Array | None,
 ) -> Array:
     """g_c = (Q p_c - w_c q_c) r with Q = sum_k w_k q_k = q_y w_y + b (S_w - w_y).
 
@@ -385,6 +446,8 @@ def _index_grad(
         return put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     assert ls.s is not None and ls.top is not None
     q_w_r = r if cw is None else q_w * r  # (Q = 1 without weights)
+    if z_coef is not None:  # the z-loss adds 2 z lse p_c: to the coefficient of p, and at the top
+        q_w_r = q_w_r + z_coef
     scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
     # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below
@@ -402,6 +465,8 @@ def _index_grad(
         at_y, elsewhere = 0.0, q_y * wy
     # r is an array here, so both values of where() are (no scalar to make an array of)
     q_top_r = xp.where(ls.top == y, at_y * r, elsewhere * r)
+    if z_coef is not None:
+        q_top_r = q_top_r + z_coef
     top_val = q_top_r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
     return put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
 

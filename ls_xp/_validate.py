@@ -50,6 +50,10 @@ class Options:
     workers: int | None = None  # a positive count (negative ones counted back), or None
     overwrite_logits: bool = False
     check_values: bool | None = None
+    z_loss: float = 0.0  # the weight of lse**2 per counted row (PaLM's z-loss)
+    softcap: float | None = None  # logits become softcap * tanh(logits / softcap) (Gemma 2)
+    shift: int = 0  # score position t against target t + shift (the causal-LM shift)
+    return_aux: bool = False  # also return the statistics of the same pass
 
 
 def options(
@@ -63,9 +67,13 @@ def options(
     workers: Any = None,
     overwrite_logits: Any = False,
     check_values: Any = None,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
+    shift: Any = 0,
+    return_aux: Any = False,
 ) -> Options:
     """The keywords as an :class:`Options`, each checked; an error names the bad one."""
-    return Options(
+    opts = Options(
         reduction=check_choice("reduction", reduction, REDUCTIONS),
         ignore_index=check_ignore_index(ignore_index),
         axis=as_int(axis, "axis"),
@@ -75,7 +83,49 @@ def options(
         workers=check_workers(workers),
         overwrite_logits=as_bool(overwrite_logits, "overwrite_logits"),
         check_values=None if check_values is None else as_bool(check_values, "check_values"),
+        z_loss=check_z_loss(z_loss),
+        softcap=check_softcap(softcap),
+        shift=check_shift(shift),
+        return_aux=as_bool(return_aux, "return_aux"),
     )
+    if opts.log_probs and (opts.softcap is not None or opts.z_loss or opts.return_aux):
+        name = "softcap" if opts.softcap is not None else "z_loss" if opts.z_loss else "return_aux"
+        raise ValueError(
+            f"{name} needs logits, but log_probs=True says they are log-probabilities; "
+            f"pass the logits with log_probs=False"
+        )
+    return opts
+
+
+def _static_real(value: Any, name: str) -> float:
+    """A hyperparameter that shapes the computation: a Python or NumPy number (or a
+    concrete 0-d array), never a traced value."""
+    if is_array_api_obj(value) and not is_concrete(value):
+        raise TypeError(f"{name} must be a Python number (a static hyperparameter), got a traced {value!r}")
+    return as_real(value, name)
+
+
+def check_z_loss(value: Any) -> float:
+    z = _static_real(value, "z_loss")
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0 (e.g. 1e-4), got {value!r}")
+    return z
+
+
+def check_softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    cap = _static_real(value, "softcap")
+    if not (math.isfinite(cap) and cap > 0.0):
+        raise ValueError(f"softcap must be a finite number > 0 (e.g. 30.0) or None, got {value!r}")
+    return cap
+
+
+def check_shift(value: Any) -> int:
+    shift = as_int(value, "shift")
+    if shift < 0:
+        raise ValueError(f"shift must be an integer >= 0 (1 for the causal-LM loss), got {shift}")
+    return shift
 
 
 DEFAULT_OPTIONS = Options()
