@@ -81,9 +81,9 @@ def test_matches_unfused_on_every_backend(xb, fdtype, rng, red, conv, opts):
 
 def test_classifier_gradient_in_class_slices(xb, rng, monkeypatch):
     """The eager accumulator adds each block's G^T H slice by slice of classes."""
-    from ls_xp import _linear
+    from ls_xp import _plan
 
-    monkeypatch.setattr(_linear, "_GRAM_ELEMENTS", 12)  # two classes per slice at D = 6
+    monkeypatch.setattr(_plan, "GRAM_ELEMENTS", 12)  # two classes per slice at D = 6
     h, w_cls, b, y, _ = _problem(rng, ignore=True)
     args = (xb.asarray(h), xb.asarray(w_cls), xb.asarray(y))
     got = ls_xp.linear_loss_and_grad(*args, 0.1, bias=xb.asarray(b), chunk_size=4)
@@ -145,9 +145,15 @@ def test_bad_arguments_name_themselves(kwargs, error, match):
 
 
 def test_arrays_of_another_library_are_refused():
+    """NumPy hidden states join the classifier's library; two other libraries are refused."""
     torch = pytest.importorskip("torch", reason="torch is not installed")
-    with pytest.raises(TypeError, match="classifier is a torch array but hidden is a numpy array"):
-        ls_xp.linear_cross_entropy(np.ones((4, 3)), torch.ones(5, 3), np.array([0, 1, 2, 3]))
+    jnp = pytest.importorskip("jax.numpy", reason="jax is not installed")
+    h, w_cls, y = np.ones((4, 3)), np.arange(15.0).reshape(5, 3) / 10, np.array([0, 1, 2, 3])
+    joined = ls_xp.linear_cross_entropy(h, torch.tensor(w_cls), y)
+    assert isinstance(joined, torch.Tensor)
+    np.testing.assert_allclose(joined.numpy(), ls_xp.linear_cross_entropy(h, w_cls, y), rtol=1e-12)
+    with pytest.raises(TypeError, match="classifier is a jax array but hidden is a torch array"):
+        ls_xp.linear_cross_entropy(torch.tensor(h), jnp.asarray(w_cls), y)
 
 
 def test_numpy_peak_memory_is_one_block_not_n_by_v():

@@ -1,0 +1,57 @@
+"""PyTorch: autograd with the analytic gradient, a compiler-friendly operator, and the
+``nn.Module`` classes.
+
+``ls_xp.cross_entropy`` (and ``kl_divergence``, ``linear_cross_entropy``) route every
+tensor to this package's adapter. Eagerly, a loss that needs gradients is an
+``autograd.Function``: the forward pass evaluates the loss *and* the analytic gradient in
+one blocked pass of the core and keeps only that gradient (and, for probability targets
+or a smoothing tensor that require grad, their derivatives), not log-probabilities and
+temporaries. The first backward pass hands that buffer over to autograd, so PyTorch's
+accumulation into ``.grad`` takes it without a copy; a later backward through a retained
+graph recomputes it from the saved logits.
+
+Double backward (``create_graph=True``, ``gradgradcheck``, Hessian-vector products)
+recomputes the gradient from the saved logits with differentiable tensor operations, so
+second derivatives are exact as well. Forward mode (``torch.func.jvp``, ``jacfwd``,
+``hessian``) contracts the same analytic gradient with the tangents.
+
+Inside ``torch.compile`` and ``torch.export`` the loss is the custom operator
+``ls_xp::label_smoothed_ce`` (``torch.library.custom_op``) with a shape-only fake
+implementation and a registered backward, so compilers see one opaque operator and no
+graph break, and exported programs carry it.
+
+``torch.func.grad`` and ``torch.func.vmap`` are supported (the vmap rule is generated);
+under them the value checks of the core are skipped (bad labels give NaN, as under
+``jax.jit``). Under ``torch.autocast`` the loss is float32, as native ``cross_entropy``'s,
+and so is its value: half-precision logits are evaluated in float32 and the loss is not
+rounded through their dtype.
+
+A gradient with respect to ``weight`` is not implemented (PyTorch raises there too).
+
+Layout: ``_modules`` (the public classes), ``_adapter`` (the hooks the core API calls),
+``_autograd`` (the eager Functions), ``_ops`` (the custom operators), ``_calls`` (the
+core as the adapter calls it, and PyTorch's block sizes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ls_xp.torch._modules import CrossEntropyLoss, LabelSmoothingCrossEntropy, LinearCrossEntropyLoss
+
+# (also ``cross_entropy``, ``kl_divergence`` and ``linear_cross_entropy``, through ``__getattr__``)
+__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy", "LinearCrossEntropyLoss"]
+
+for _cls in (CrossEntropyLoss, LabelSmoothingCrossEntropy, LinearCrossEntropyLoss):
+    _cls.__module__ = __name__  # their public home (doctests, docs, pickles name it)
+del _cls
+
+
+def __getattr__(name: str) -> Any:
+    """``ls_xp.torch.cross_entropy``, ``kl_divergence``, ``linear_cross_entropy``: the public
+    functions, re-exported lazily so that this package imports the core only."""
+    if name in ("cross_entropy", "kl_divergence", "linear_cross_entropy"):
+        from ls_xp import _api
+
+        return getattr(_api, name)
+    raise AttributeError(f"module 'ls_xp.torch' has no attribute {name!r}")

@@ -1,0 +1,166 @@
+"""How PyTorch sees the losses: the hooks the core API calls for every tensor.
+
+Eagerly, a loss whose inputs require grad is an ``autograd.Function`` with the analytic
+gradient as its backward (:mod:`ls_xp.torch._autograd`); inside ``torch.compile`` and
+``torch.export`` it is a custom operator (:mod:`ls_xp.torch._ops`), also where nothing
+requires grad, so that an exported inference program reads no value either; without
+gradients it is one call of the core. The block sizes are PyTorch's (:func:`blocked`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat.torch as torch_xp
+import torch
+
+from ls_xp import _linear, _validate
+from ls_xp._adapters import Adapter
+from ls_xp._validate import Options
+from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_grad, requires_grad
+from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
+from ls_xp.torch._ops import compiled_linear_loss, compiled_loss
+
+Tensor = torch.Tensor
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def as_tensor(like: Tensor, a: Any, name: str, like_name: str = "logits") -> Any:
+    """Tensors pass as they are (the core checks their device); NumPy arrays and Python
+    values become tensors on the device of ``like``. Plain ``isinstance`` and the torch
+    namespace taken at import keep this cheap, also for torch.compile to trace."""
+    if a is None or isinstance(a, torch.Tensor):
+        return a
+    return _validate.same_namespace(torch_xp, like.device, a, name, like=like_name)
+
+
+def _float_loss(logits: Tensor) -> bool:
+    """Under autocast the loss of half-precision logits is float32, value included, as
+    native ``cross_entropy``'s (a loss on autocast's float32 list): the core computes in
+    float32 and the loss is not rounded through the logits' dtype. The gradient keeps
+    the logits' dtype."""
+    return logits.dtype in _HALF and torch.is_autocast_enabled(logits.device.type)
+
+
+class TorchAdapter(Adapter):
+    """The losses on PyTorch tensors: autograd, compilers, autocast, PyTorch's blocks."""
+
+    def loss(
+        self,
+        logits: Tensor,
+        target: Any,
+        smoothing: Any,
+        weight: Any,
+        where: Any,
+        opts: Options,
+        *,
+        kl: bool,
+    ) -> Tensor:
+        target, weight = as_tensor(logits, target, "target"), as_tensor(logits, weight, "weight")
+        where = as_tensor(logits, where, "where")
+        float_loss = _float_loss(logits)
+        grad_mode = torch.is_grad_enabled()
+        if grad_mode:
+            refuse_weight_grad(weight)
+        soft = target.dtype.is_floating_point and target.shape == logits.shape
+        needs = (
+            grad_mode and logits.requires_grad,
+            grad_mode and soft and target.requires_grad,
+            grad_mode and isinstance(smoothing, torch.Tensor) and smoothing.requires_grad,
+        )
+        if torch.compiler.is_compiling():
+            return compiled_loss(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
+        opts = blocked(logits, opts)
+        if needs[0] or needs[1] or needs[2]:
+            req = Request(
+                kl=kl, grad=needs[0], target_grad=needs[1], smoothing_grad=needs[2],
+                loss_in_compute_dtype=float_loss,
+            )  # fmt: skip
+            out: Tensor = _LabelSmoothingCE.apply(logits, target, weight, where, smoothing, opts, req)[0]
+            return out
+        req = _LOSS_ONLY[kl, float_loss]
+        res = evaluate(logits, target, smoothing, weight, where, opts, req)
+        assert res.loss is not None
+        return res.loss
+
+    def values(
+        self,
+        logits: Tensor,
+        target: Any,
+        smoothing: Any,
+        weight: Any,
+        where: Any,
+        opts: Options,
+        *,
+        want_loss: bool,
+    ) -> tuple[Tensor | None, Tensor]:
+        """Loss and gradient without recording a graph, with PyTorch's blocks."""
+        with torch.no_grad():
+            res = evaluate(
+                logits, target, smoothing, weight, where, blocked(logits, opts), _VALUES[want_loss]
+            )
+        assert res.grad is not None
+        return res.loss, res.grad
+
+    def linear_loss(
+        self,
+        hidden: Tensor,
+        classifier: Any,
+        target: Any,
+        smoothing: Any,
+        bias: Any,
+        weight: Any,
+        opts: Options,
+    ) -> Tensor:
+        """The differentiable fused loss."""
+        classifier, bias = (
+            as_tensor(hidden, classifier, "classifier", "hidden"),
+            as_tensor(hidden, bias, "bias", "hidden"),
+        )
+        target, weight = (
+            as_tensor(hidden, target, "target", "hidden"),
+            as_tensor(hidden, weight, "weight", "hidden"),
+        )
+        refuse_weight_grad(weight)
+        grad_mode = torch.is_grad_enabled()
+        needs = (
+            grad_mode and requires_grad(hidden),
+            grad_mode and requires_grad(classifier),
+            grad_mode and requires_grad(bias),
+            grad_mode and isinstance(smoothing, torch.Tensor) and requires_grad(smoothing),
+        )
+        if torch.compiler.is_compiling():
+            return compiled_linear_loss(hidden, classifier, bias, target, weight, smoothing, opts, needs)
+        if not any(needs):
+            res = self.linear_values(
+                hidden, classifier, target, smoothing, bias, weight, opts, want_grad=False
+            )
+            assert res.loss is not None
+            return res.loss
+        out: Tensor = _LinearCE.apply(hidden, classifier, bias, target, weight, smoothing, opts, needs)[0]
+        return out
+
+    def linear_values(
+        self,
+        hidden: Tensor,
+        classifier: Any,
+        target: Any,
+        smoothing: Any,
+        bias: Any,
+        weight: Any,
+        opts: Options,
+        *,
+        want_grad: bool = True,
+    ) -> _linear.LinearResult:
+        """The fused loss and its gradients, without recording a graph."""
+        with torch.no_grad():
+            return evaluate_linear(
+                hidden, classifier, target, smoothing, bias, weight, opts, want_grad=want_grad
+            )
+
+
+# the requests of the calls without autograd, made once
+_LOSS_ONLY = {(kl, f): Request(kl=kl, loss_in_compute_dtype=f) for kl in (False, True) for f in (False, True)}
+_VALUES = {want: Request(loss=want, grad=True) for want in (False, True)}
+
+ADAPTER = TorchAdapter()
