@@ -103,6 +103,6 @@ def test_export_of_an_inference_module_reproduces_the_eager_loss(kw):
 
 def test_compiled_inference_reads_no_value():
     """Under torch.compile without gradients the loss is the operator too: no graph break."""
-    x, y = _data()
+    _, y = _data()
     explained = torch._dynamo.explain(_Inference())(torch.randn(32, 5), y)
     assert explained.graph_break_count == 0, explained.break_reasons
