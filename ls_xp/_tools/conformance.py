@@ -264,7 +264,8 @@ class CellProgress:
     status: Literal["running", "pass", "fail", "skipped"]  # a cell that runs: "running", then its result
     elapsed: float  # seconds since run() started
     seconds: float = 0.0  # the cell's own time, once it is done
-    left: float | None = None  # estimated seconds to the end (mean time of the cells run so far)
+    left: float | None = None  # estimated seconds to the end (see _time_left); None before any cell ran
+    left_at_least: bool = False  # a backend still to come has not run yet: ``left`` is a lower bound
     detail: str = ""  # the skip reason, or the worst failure
 
 
@@ -314,6 +315,20 @@ def _worst_failure(cell: dict[str, Any]) -> str:
     return f"worst: {w['check']} {w['case']}: error {w['error']:.2e} > {w['tolerance']:.0e}"
 
 
+def _time_left(rest: list[_Cell], times: dict[str, list[float]]) -> tuple[float | None, bool]:
+    """Seconds the cells in ``rest`` will take, each at the mean time of its backend's cells so
+    far (backends differ a hundredfold: JAX compiles), and whether some backend is not yet known."""
+    if not times:
+        return None, False
+    left, unknown = 0.0, False
+    for tgt, _, reason in rest:
+        if reason is None:
+            seen = times.get(tgt.backend)
+            left += sum(seen) / len(seen) if seen else 0.0
+            unknown = unknown or not seen
+    return left, unknown
+
+
 def run(
     backends: list[str] | None = None,
     devices: list[str] | None = None,
@@ -327,29 +342,31 @@ def run(
     """
     t0 = time.monotonic()
     todo = plan(backends, devices, list(dtypes or DTYPES))
-    total, to_run = len(todo), sum(reason is None for _, _, reason in todo)
+    total = len(todo)
     cells: list[dict[str, Any]] = []
-    spent, ran = 0.0, 0
+    times: dict[str, list[float]] = {}
     for i, (tgt, dname, reason) in enumerate(todo, 1):
         label = f"{tgt.label} {dname}"
         if reason is not None or isinstance(tgt, _backends.Unavailable):
             cells.append({"target": tgt.label, "dtype": dname, "status": "skipped", "reason": reason})
             if progress:
-                progress(CellProgress(i, total, label, "skipped", time.monotonic() - t0, detail=str(reason)))
+                left, more = _time_left(todo[i:], times)
+                now = time.monotonic() - t0
+                progress(CellProgress(i, total, label, "skipped", now, 0.0, left, more, str(reason)))
             continue
-        left = spent / ran * (to_run - ran) if ran else None
         if progress:
-            progress(CellProgress(i, total, label, "running", time.monotonic() - t0, left=left))
+            left, more = _time_left(todo[i - 1 :], times)
+            progress(CellProgress(i, total, label, "running", time.monotonic() - t0, 0.0, left, more))
         start = time.monotonic()
         cell = check_cell(tgt, dname, sweep)
         cells.append(cell)
         seconds = time.monotonic() - start
-        spent, ran = spent + seconds, ran + 1
+        times.setdefault(tgt.backend, []).append(seconds)
         if progress:
             detail = _worst_failure(cell) if cell["status"] == "fail" else ""
-            left = spent / ran * (to_run - ran)
+            left, more = _time_left(todo[i:], times)
             now = time.monotonic() - t0
-            progress(CellProgress(i, total, label, cell["status"], now, seconds, left, detail))
+            progress(CellProgress(i, total, label, cell["status"], now, seconds, left, more, detail))
     return {
         "tolerances": TOLERANCES,
         "cells": cells,
