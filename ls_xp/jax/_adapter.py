@@ -9,6 +9,7 @@ differentiating the formula itself.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -59,17 +60,22 @@ def _loss_jvp(
     loss = res.loss
     assert loss is not None
     ax = opts.axis % logits.ndim
-    per_row = opts.reduction == "none"
+    per_row, shift = opts.reduction == "none", opts.shift
 
-    def contract(g: Any, d: Any) -> Any:
+    def contract(g: Any, d: Any, front: bool) -> Any:
         prod = g * d
-        return jnp.sum(prod, axis=ax) if per_row else jnp.sum(prod)
+        if not per_row:
+            return jnp.sum(prod)
+        term = jnp.sum(prod, axis=ax)
+        if shift:  # the scored positions: logits t against targets t + shift
+            term = term[..., shift:] if front else term[..., : term.shape[-1] - shift]
+        return term
 
     tangent = jnp.zeros_like(loss)
     if res.grad is not None:
-        tangent = tangent + contract(res.grad, d_logits)
+        tangent = tangent + contract(res.grad, d_logits, False)
     if res.target_grad is not None:
-        tangent = tangent + contract(res.target_grad, d_target)
+        tangent = tangent + contract(res.target_grad, d_target, True)
     if res.smoothing_grad is not None:  # the analytic derivative in eps, the shape of loss
         tangent = tangent + res.smoothing_grad * jnp.asarray(d_smoothing, loss.dtype)
     if weight is not None and not _is_zero(d_weight):
@@ -234,7 +240,13 @@ class JaxAdapter(Adapter):
         smoothing = _checked_smoothing(logits, smoothing)
         xp, dev = array_namespace(logits), device(logits)
         target, weight, where = _validate.inputs_like(xp, dev, target, weight, where)
-        return _loss(logits, target, weight, where, smoothing, opts, kl)
+        if not opts.return_aux:
+            return _loss(logits, target, weight, where, smoothing, opts, kl)
+        # the statistics carry no gradient: evaluated beside the rule (XLA shares the
+        # common work under jit)
+        loss = _loss(logits, target, weight, where, smoothing, replace(opts, return_aux=False), kl)
+        aux = evaluate(logits, target, smoothing, weight, where, opts, Request(kl=kl, loss=False)).aux
+        return loss, jax.lax.stop_gradient(aux)
 
     def linear_loss(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import array_api_compat.torch as torch_xp
 import torch
 
-from ls_xp import _linear, _validate
+from ls_xp import _linear, _plan, _validate
 from ls_xp._adapters import Adapter
 from ls_xp._validate import Options
 from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_grad, requires_grad
@@ -55,7 +55,9 @@ class TorchAdapter(Adapter):
         opts: Options,
         *,
         kl: bool,
-    ) -> Tensor:
+    ) -> Any:
+        """The loss (``(loss, aux)`` with ``opts.return_aux``): an autograd Function where an
+        input requires grad, the custom operator inside compilers, else the core."""
         target, weight = as_tensor(logits, target, "target"), as_tensor(logits, weight, "weight")
         where = as_tensor(logits, where, "where")
         float_loss = _float_loss(logits)
@@ -70,18 +72,17 @@ class TorchAdapter(Adapter):
         )
         if torch.compiler.is_compiling():
             return compiled_loss(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
-        opts = blocked(logits, opts)
+        plan = _plan.plan(logits)
+        opts = blocked(logits, opts, plan)
         if needs[0] or needs[1] or needs[2]:
-            req = Request(
-                kl=kl, grad=needs[0], target_grad=needs[1], smoothing_grad=needs[2],
-                loss_in_compute_dtype=float_loss,
-            )  # fmt: skip
-            out: Tensor = _LabelSmoothingCE.apply(logits, target, weight, where, smoothing, opts, req)[0]
-            return out
+            key = (kl, *needs, float_loss)
+            req = _REQUESTS[key]
+            out = _LabelSmoothingCE.apply(logits, target, weight, where, smoothing, opts, req, plan == "cpu")
+            return (out[0], out[4]) if opts.return_aux else out[0]
         req = _LOSS_ONLY[kl, float_loss]
         res = evaluate(logits, target, smoothing, weight, where, opts, req)
         assert res.loss is not None
-        return res.loss
+        return (res.loss, res.aux) if opts.return_aux else res.loss
 
     def values(
         self,
@@ -93,14 +94,15 @@ class TorchAdapter(Adapter):
         opts: Options,
         *,
         want_loss: bool,
-    ) -> tuple[Tensor | None, Tensor]:
-        """Loss and gradient without recording a graph, with PyTorch's blocks."""
+    ) -> tuple[Tensor | None, Tensor, Any]:
+        """Loss, gradient and the statistics (``return_aux``) without recording a graph,
+        with PyTorch's blocks."""
         with torch.no_grad():
             res = evaluate(
                 logits, target, smoothing, weight, where, blocked(logits, opts), _VALUES[want_loss]
             )
         assert res.grad is not None
-        return res.loss, res.grad
+        return res.loss, res.grad, res.aux
 
     def linear_loss(
         self,
@@ -159,7 +161,15 @@ class TorchAdapter(Adapter):
             )
 
 
-# the requests of the calls without autograd, made once
+# the requests, made once: (kl, grad, target_grad, smoothing_grad, float32 loss) for autograd
+_REQUESTS = {
+    (kl, g, t, e, f): Request(kl=kl, grad=g, target_grad=t, smoothing_grad=e, loss_in_compute_dtype=f)
+    for kl in (False, True)
+    for g in (False, True)
+    for t in (False, True)
+    for e in (False, True)
+    for f in (False, True)
+}
 _LOSS_ONLY = {(kl, f): Request(kl=kl, loss_in_compute_dtype=f) for kl in (False, True) for f in (False, True)}
 _VALUES = {want: Request(loss=want, grad=True) for want in (False, True)}
 

@@ -20,6 +20,11 @@ from ls_xp import _plan
 from ls_xp._validate import Options
 from ls_xp.torch._calls import Request, evaluate, evaluate_linear
 
+try:  # (a private helper of torch.autograd.Function.apply; without it the standard path runs)
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
+except ImportError:  # pragma: no cover
+    _unwrap_dead_wrappers = None  # type: ignore[assignment]
+
 Tensor = torch.Tensor
 
 
@@ -36,12 +41,18 @@ def refuse_weight_grad(weight: Any) -> None:
         )
 
 
-def broadcastable(grad_out: Tensor, ndim: int, axis: int, reduction: str) -> Tensor:
+def broadcastable(
+    grad_out: Tensor, ndim: int, axis: int, reduction: str, shift: int = 0, front: bool = False
+) -> Tensor:
     """The incoming gradient shaped to scale an (N, K)-like gradient: per-row losses get
-    their class axis back."""
-    if reduction == "none":
-        return grad_out.unsqueeze(axis % ndim)
-    return grad_out
+    their class axis back. With a causal ``shift`` the per-position losses are the scored
+    positions only: zeros stand for the others (at the end for the logits' gradient, at
+    the ``front`` for the gradient of probability targets, which are scored from ``shift`` on)."""
+    if reduction != "none":
+        return grad_out
+    if shift:
+        grad_out = torch.nn.functional.pad(grad_out, (shift, 0) if front else (0, shift))
+    return grad_out.unsqueeze(axis % ndim)
 
 
 def scaled(g: Tensor | None, scale: Tensor, owned: bool, look: bool = True) -> Tensor | None:
@@ -59,12 +70,27 @@ def scaled(g: Tensor | None, scale: Tensor, owned: bool, look: bool = True) -> T
 
 def _is_one(scale: Tensor) -> bool:
     try:
-        return bool(scale == 1)
+        return scale.item() == 1  # (one read, no comparison kernel)
     except RuntimeError:  # under torch.func transforms the value cannot be read
         return False
 
 
-class _LabelSmoothingCE(torch.autograd.Function):
+class _Function(torch.autograd.Function):
+    """An autograd Function whose ``apply`` takes every argument positionally.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature (``inspect.signature``,
+    to fill in defaults) at every call, about a tenth of a small loss's time; ours are all
+    given, so outside ``torch.func`` transforms the binding is skipped. Under the
+    transforms the standard path runs."""
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        if kwargs or _unwrap_dead_wrappers is None or torch._C._are_functorch_transforms_active():
+            return super().apply(*args, **kwargs)
+        return super(torch.autograd.Function, cls).apply(*_unwrap_dead_wrappers(args))  # type: ignore[misc]
+
+
+class _LabelSmoothingCE(_Function):
     """loss = f(logits, target, smoothing); backward = the saved analytic derivatives.
 
     ``req`` says which derivatives the forward pass computes (those of the inputs that
@@ -81,15 +107,16 @@ class _LabelSmoothingCE(torch.autograd.Function):
         smoothing: Any,
         opts: Options,
         req: Request,
+        look: bool,
     ) -> tuple[Any, ...]:
         res = evaluate(logits, target, smoothing, weight, where, opts, req)
-        return res.loss, res.grad, res.target_grad, res.smoothing_grad
+        return res.loss, res.grad, res.target_grad, res.smoothing_grad, res.aux
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        logits, target, weight, where, smoothing, opts, req = inputs
-        _, grad, tgrad, dsmooth = output
-        ctx.opts, ctx.req = opts, req
+        logits, target, weight, where, smoothing, opts, req, look = inputs
+        _, grad, tgrad, dsmooth, _aux = output  # (the statistics are not differentiable)
+        ctx.opts, ctx.req, ctx.look = opts, req, look
         ctx.has_grad, ctx.has_tgrad = grad is not None, tgrad is not None
         ctx.smoothing_is_tensor = isinstance(smoothing, torch.Tensor)
         ctx.mark_non_differentiable(*(t for t in (grad, tgrad, dsmooth) if t is not None))
@@ -120,34 +147,40 @@ class _LabelSmoothingCE(torch.autograd.Function):
             inplace=False, loss_in_compute_dtype=ctx.req.loss_in_compute_dtype,
         )  # fmt: skip
         res = evaluate(logits, target, smoothing, weight, where, ctx.opts, req)
-        axis, per_row = ctx.opts.axis % logits.ndim, ctx.opts.reduction == "none"
+        axis, per_row, shift = ctx.opts.axis % logits.ndim, ctx.opts.reduction == "none", ctx.opts.shift
         tangent = None
-        for g, d in ((res.grad, d_logits), (res.target_grad, d_target)):
+        for g, d, front in ((res.grad, d_logits, False), (res.target_grad, d_target, True)):
             if g is not None:
                 term = torch.sum(g * d, dim=axis) if per_row else torch.sum(g * d)
+                if per_row and shift:  # the scored positions: logits t, targets t + shift
+                    term = term[..., shift:] if front else term[..., : term.shape[-1] - shift]
                 tangent = term if tangent is None else tangent + term
         if res.smoothing_grad is not None:
             term = res.smoothing_grad * d_smoothing
             tangent = term if tangent is None else tangent + term
-        return tangent, None, None, None
+        return tangent, None, None, None, None
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
         grad_out = grad_outputs[0]  # the loss's; the other outputs are not differentiable
         if grad_out is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         grad, tgrad, owned = _gradients(ctx)
         logits = ctx.saved_tensors[0]
         opts = ctx.opts
-        scale = broadcastable(grad_out, logits.ndim, opts.axis, opts.reduction)
-        look = _plan.plan(logits) == "cpu"  # on an accelerator, never read the scale back
+        scale = broadcastable(grad_out, logits.ndim, opts.axis, opts.reduction, opts.shift)
+        t_scale = scale
+        if opts.shift and opts.reduction == "none" and tgrad is not None:
+            t_scale = broadcastable(grad_out, logits.ndim, opts.axis, opts.reduction, opts.shift, front=True)
+        look = ctx.look  # (the CPU plan: on an accelerator, never read the scale back)
         d_smooth = None if ctx.dsmooth is None else torch.sum(grad_out * ctx.dsmooth)
         return (
             scaled(grad, scale, owned, look),
-            scaled(tgrad, scale, owned, look),
+            scaled(tgrad, t_scale, owned, look),
             None,
             None,
             d_smooth,
+            None,
             None,
             None,
         )
@@ -182,7 +215,7 @@ def _gradients(ctx: Any) -> tuple[Tensor | None, Tensor | None, bool]:
 # it is summed.
 
 
-class _LinearCE(torch.autograd.Function):
+class _LinearCE(_Function):
     """loss = f(hidden, classifier, bias, smoothing); backward = the analytic gradients.
     ``needs``: which of hidden, classifier, bias and smoothing require grad."""
 

@@ -63,11 +63,13 @@ def softmax_rows(hidden: Tensor, classifier: Any) -> int:
 _BLOCKED: dict[tuple[Options, int], Options] = {}
 
 
-def blocked(logits: Tensor, opts: Options) -> Options:
+def blocked(logits: Tensor, opts: Options, plan: str | None = None) -> Options:
     """``opts`` with the PyTorch CPU plan's rows per block, unless the caller chose
     ``chunk_size``, and without ``workers``: PyTorch spreads each operation over its own
     intra-op threads, so its blocks run one after another."""
-    if opts.chunk_size is not None or logits.ndim < 1 or _plan.plan(logits) != "cpu":
+    if plan is None:
+        plan = _plan.plan(logits)
+    if opts.chunk_size is not None or logits.ndim < 1 or plan != "cpu":
         return opts if opts.workers is None else replace(opts, workers=None)
     try:
         num_classes = int(logits.shape[opts.axis])

@@ -32,11 +32,15 @@ def _options(
     log_probs: bool,
     chunk_size: int,
     check: int,
+    extra: tuple[float, float, int] = (0.0, 0.0, 0),
 ) -> Options:
-    """The options from an operator's flat arguments (the inverse of :func:`_flat`)."""
+    """The options from an operator's flat arguments (the inverse of :func:`_flat`);
+    ``extra`` is (z_loss, softcap or 0, shift)."""
+    z_loss, softcap, shift = extra
     return Options(
         reduction=reduction, ignore_index=ignore_index, axis=axis, convention=convention,
         log_probs=log_probs, chunk_size=chunk_size or None, check_values=None if check < 0 else bool(check),
+        z_loss=z_loss, softcap=softcap or None, shift=shift,
     )  # fmt: skip
 
 
@@ -78,8 +82,12 @@ def _ce_op(
     chunk_size: int,
     check_values: int,
     float_loss: bool,
+    z_loss: float,
+    softcap: float,
+    shift: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    opts = _options(reduction, ignore_index, axis, convention, log_probs, chunk_size, check_values)
+    extra = (z_loss, softcap, shift)
+    opts = _options(reduction, ignore_index, axis, convention, log_probs, chunk_size, check_values, extra)
     req = Request(
         kl=kl, grad=needs[0], target_grad=needs[1], smoothing_grad=needs[2], loss_in_compute_dtype=float_loss
     )
@@ -108,9 +116,14 @@ def _ce_op_fake(
     chunk_size: int,
     check_values: int,
     float_loss: bool,
+    z_loss: float,
+    softcap: float,
+    shift: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ax = axis % logits.ndim
     batch = [s for i, s in enumerate(logits.shape) if i != ax]
+    if shift and batch:  # "none": the scored positions only
+        batch[-1] = batch[-1] - shift
     dtype = torch.promote_types(logits.dtype, torch.float32) if float_loss else logits.dtype
     loss = logits.new_empty(batch if reduction == "none" else (), dtype=dtype)
     return (
@@ -123,24 +136,24 @@ def _ce_op_fake(
 
 def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
     _, grad, tgrad, dsmooth = output
-    ctx.axis, ctx.reduction, ctx.needs = inputs[8], inputs[6], inputs[12]
+    ctx.axis, ctx.reduction, ctx.needs, ctx.shift = inputs[8], inputs[6], inputs[12], inputs[18]
     ctx.save_for_backward(grad, tgrad, dsmooth)
 
 
-def _times(g: Tensor, grad_out: Tensor, axis: int, reduction: str) -> Tensor:
-    scale = broadcastable(grad_out, g.ndim, axis, reduction)
+def _times(ctx: Any, g: Tensor, grad_out: Tensor, front: bool) -> Tensor:
+    scale = broadcastable(grad_out, g.ndim, ctx.axis, ctx.reduction, ctx.shift, front)
     return g * (scale if scale.dtype == g.dtype else scale.to(g.dtype))
 
 
 def _ce_op_backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Any, ...]:
     grad, tgrad, dsmooth = ctx.saved_tensors
     return (
-        _times(grad, grad_out, ctx.axis, ctx.reduction) if ctx.needs[0] else None,
-        _times(tgrad, grad_out, ctx.axis, ctx.reduction) if ctx.needs[1] else None,
+        _times(ctx, grad, grad_out, False) if ctx.needs[0] else None,
+        _times(ctx, tgrad, grad_out, True) if ctx.needs[1] else None,
         None,
         None,
         torch.sum(grad_out * dsmooth) if ctx.needs[2] else None,
-        *([None] * 11),
+        *([None] * 14),
     )
 
 
@@ -159,10 +172,15 @@ def compiled_loss(
     float_loss: bool,
 ) -> Tensor:
     """The loss as the opaque operator (under torch.compile / torch.export)."""
+    if opts.return_aux:
+        raise NotImplementedError(
+            "ls_xp: return_aux=True is not supported inside torch.compile / torch.export"
+        )
     smooth_t, eps, chunk, check = _flat(smoothing, opts)
     return _ce_op(
         logits, target, weight, where, smooth_t, eps, opts.reduction, opts.ignore_index, opts.axis,
-        opts.convention, opts.log_probs, kl, list(needs), chunk, check, float_loss,
+        opts.convention, opts.log_probs, kl, list(needs), chunk, check, float_loss, opts.z_loss,
+        opts.softcap or 0.0, opts.shift,
     )[0]  # fmt: skip
 
 
@@ -318,6 +336,11 @@ def compiled_linear_loss(
     needs: tuple[bool, bool, bool, bool],
 ) -> Tensor:
     """The fused loss as the opaque operator (under torch.compile / torch.export)."""
+    if opts.z_loss or opts.softcap is not None or opts.shift or opts.return_aux:
+        raise NotImplementedError(
+            "ls_xp: z_loss, softcap, shift and return_aux of the fused linear loss are not supported "
+            "inside torch.compile / torch.export"
+        )
     smooth_t, eps, chunk, check = _flat(smoothing, opts)
     return _linear_op(
         hidden, classifier, bias, target, weight, smooth_t, eps, opts.reduction, opts.ignore_index,

@@ -1,0 +1,85 @@
+"""z_loss, softcap, shift and return_aux on PyTorch tensors: autograd, forward mode and the
+compiled operator give the generic core's values and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ls_xp
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+CASES = [
+    {"z_loss": 1e-2},
+    {"softcap": 2.0},
+    {"shift": 1},
+    {"shift": 2, "reduction": "none"},
+    {"z_loss": 1e-2, "softcap": 3.0, "shift": 1, "reduction": "sum"},
+]
+
+
+def _data(soft):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 5))
+    t = rng.dirichlet(np.ones(5), (2, 6)) if soft else rng.integers(0, 5, (2, 6))
+    return x, t
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("kw", CASES)
+def test_autograd_equals_the_core(kw, soft):
+    x, t = _data(soft)
+    want, want_grad = ls_xp.loss_and_grad(x, t, 0.1, **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    loss = ls_xp.cross_entropy(xt, torch.tensor(t), 0.1, **kw)
+    loss.sum().backward()
+    np.testing.assert_allclose(loss.detach().numpy(), want, rtol=1e-10)
+    np.testing.assert_allclose(xt.grad.numpy(), want_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("kw", CASES)
+def test_forward_mode_equals_finite_differences(kw, soft):
+    from torch import func
+
+    x, t = (torch.tensor(a) for a in _data(soft))
+    v = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def f(a):
+        return ls_xp.cross_entropy(a, t, 0.1, **kw)
+
+    tangent = func.jvp(f, (x,), (v,))[1]
+    numeric = (f(x + 1e-6 * v) - f(x - 1e-6 * v)) / 2e-6
+    torch.testing.assert_close(tangent, numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("kw", CASES)
+def test_compiled_operator_equals_the_core(kw, soft):
+    x, t = _data(soft)
+    want, want_grad = ls_xp.loss_and_grad(x, t, 0.1, **kw)
+    torch._dynamo.reset()
+    xt = torch.tensor(x, requires_grad=True)
+    compiled = torch.compile(
+        lambda a, b: ls_xp.cross_entropy(a, b, 0.1, **kw), backend="aot_eager", fullgraph=True
+    )
+    loss = compiled(xt, torch.tensor(t))
+    loss.sum().backward()
+    np.testing.assert_allclose(loss.detach().numpy(), want, rtol=1e-10)
+    np.testing.assert_allclose(xt.grad.numpy(), want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_return_aux_with_autograd():
+    x, y = _data(False)
+    want, want_aux = ls_xp.cross_entropy(x, y, 0.1, z_loss=1e-3, return_aux=True)
+    xt = torch.tensor(x, requires_grad=True)
+    loss, aux = ls_xp.cross_entropy(xt, torch.tensor(y), 0.1, z_loss=1e-3, return_aux=True)
+    loss.backward()
+    np.testing.assert_allclose(loss.detach().numpy(), want, rtol=1e-12)
+    for got, exp in zip(aux, want_aux, strict=True):
+        assert not got.requires_grad
+        np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-12)
+    _, grad = ls_xp.loss_and_grad(x, y, 0.1, z_loss=1e-3)
+    np.testing.assert_allclose(xt.grad.numpy(), grad, rtol=1e-10)
