@@ -61,6 +61,8 @@ class CrossEntropyLoss(_Options, torch.nn.CrossEntropyLoss):
     where ls_xp is documented to be more exact: tiny losses of confident rows, and -inf
     logits of classes without target mass (0, where PyTorch gives NaN).
 
+    >>> import torch
+    >>> from ls_xp.torch import CrossEntropyLoss
     >>> crit = CrossEntropyLoss(label_smoothing=0.1)
     >>> crit(torch.arange(12.0).reshape(4, 3), torch.tensor([0, 2, 1, 2]))
     tensor(1.1826)
@@ -118,6 +120,8 @@ class LabelSmoothingCrossEntropy(_Options, torch.nn.Module):
     ``label_smoothing`` is accepted as PyTorch's name for ``smoothing``. Every argument is
     checked at construction.
 
+    >>> import torch
+    >>> from ls_xp.torch import LabelSmoothingCrossEntropy
     >>> crit = LabelSmoothingCrossEntropy(0.1)
     >>> crit(torch.arange(12.0).reshape(4, 3), torch.tensor([0, 2, 1, 2]))
     tensor(1.1826)
@@ -197,6 +201,8 @@ class LinearCrossEntropyLoss(_Options, torch.nn.Module):
     ``nn.CrossEntropyLoss``'s (``weight`` is the per-class weight, a buffer), plus ls_xp's
     keyword-only ``convention`` and ``chunk_size`` (rows per block).
 
+    >>> import torch
+    >>> from ls_xp.torch import CrossEntropyLoss, LinearCrossEntropyLoss
     >>> head = torch.nn.Linear(4, 10)
     >>> crit = LinearCrossEntropyLoss(head, label_smoothing=0.1)
     >>> hidden, y = torch.randn(6, 4), torch.tensor([1, 2, 3, 4, 5, 6])
