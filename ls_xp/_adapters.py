@@ -61,8 +61,9 @@ class Adapter:
         weight: Any,
         opts: Options,
     ) -> Array:
-        """The fused linear loss."""
-        return evaluate_linear(hidden, classifier, target, smoothing, bias, weight, opts).loss
+        """The fused linear loss; ``(loss, aux)`` with ``opts.return_aux``."""
+        res = evaluate_linear(hidden, classifier, target, smoothing, bias, weight, opts)
+        return (res.loss, res.aux) if opts.return_aux else res.loss
 
     def linear_values(
         self,

@@ -3,16 +3,61 @@ classifier, validated at the door and dispatched to the adapter of the inputs' l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from ls_xp import _docstrings
 from ls_xp._dispatch import adapter_for
+from ls_xp._evaluate import Aux
 from ls_xp._typing import ArrayT, Convention, Reduction
 from ls_xp._validate import join_library, options
 
 Array = Any
 
 __all__ = ["linear_cross_entropy", "linear_loss_and_grad"]
+
+
+@overload
+def linear_cross_entropy(
+    hidden: ArrayT,
+    classifier: Array,
+    target: Array,
+    smoothing: float | Any = 0.1,
+    *,
+    bias: Array | None = None,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int | Any = -100,
+    convention: Convention = "uniform",
+    chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: Literal[False] = False,
+    accum_dtype: Any = None,
+) -> ArrayT: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: ArrayT,
+    classifier: Array,
+    target: Array,
+    smoothing: float | Any = 0.1,
+    *,
+    bias: Array | None = None,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int | Any = -100,
+    convention: Convention = "uniform",
+    chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: Literal[True],
+    accum_dtype: Any = None,
+) -> tuple[ArrayT, Aux]: ...
 
 
 def linear_cross_entropy(
@@ -28,7 +73,12 @@ def linear_cross_entropy(
     convention: Convention = "uniform",
     chunk_size: int | Any | None = None,
     check_values: bool | None = None,
-) -> ArrayT:
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: bool = False,
+    accum_dtype: Any = None,
+) -> ArrayT | tuple[ArrayT, Aux]:
     """Label-smoothed cross-entropy of a linear classifier's output, without its logits.
 
     The loss of ``cross_entropy(hidden @ classifier.T + bias, target, smoothing, ...)``,
@@ -81,9 +131,58 @@ def linear_cross_entropy(
         convention=convention,
         chunk_size=chunk_size,
         check_values=check_values,
+        z_loss=z_loss,
+        softcap=softcap,
+        shift=shift,
+        return_aux=return_aux,
+        accum_dtype=accum_dtype,
     )
     h: Any = join_library(hidden, classifier, target, bias, weight, name="hidden")
     return adapter_for(h).linear_loss(h, classifier, target, smoothing, bias, weight, opts)
+
+
+@overload
+def linear_loss_and_grad(
+    hidden: ArrayT,
+    classifier: ArrayT,
+    target: Array,
+    smoothing: float | Any = 0.1,
+    *,
+    bias: ArrayT | None = None,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int | Any = -100,
+    convention: Convention = "uniform",
+    chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: Literal[False] = False,
+    accum_dtype: Any = None,
+) -> tuple[ArrayT, ArrayT, ArrayT, ArrayT | None]: ...
+
+
+@overload
+def linear_loss_and_grad(
+    hidden: ArrayT,
+    classifier: ArrayT,
+    target: Array,
+    smoothing: float | Any = 0.1,
+    *,
+    bias: ArrayT | None = None,
+    reduction: Reduction = "mean",
+    weight: Array | None = None,
+    ignore_index: int | Any = -100,
+    convention: Convention = "uniform",
+    chunk_size: int | Any | None = None,
+    check_values: bool | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: Literal[True],
+    accum_dtype: Any = None,
+) -> tuple[tuple[ArrayT, Aux], ArrayT, ArrayT, ArrayT | None]: ...
 
 
 def linear_loss_and_grad(
@@ -99,7 +198,12 @@ def linear_loss_and_grad(
     convention: Convention = "uniform",
     chunk_size: int | Any | None = None,
     check_values: bool | None = None,
-) -> tuple[ArrayT, ArrayT, ArrayT, ArrayT | None]:
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: bool = False,
+    accum_dtype: Any = None,
+) -> tuple[ArrayT, ArrayT, ArrayT, ArrayT | None] | tuple[tuple[ArrayT, Aux], ArrayT, ArrayT, ArrayT | None]:
     """:func:`linear_cross_entropy` and its gradients, in one blocked pass.
 
     With G the analytic gradient of the loss with respect to the (never stored) logits,
@@ -138,10 +242,16 @@ def linear_loss_and_grad(
         convention=convention,
         chunk_size=chunk_size,
         check_values=check_values,
+        z_loss=z_loss,
+        softcap=softcap,
+        shift=shift,
+        return_aux=return_aux,
+        accum_dtype=accum_dtype,
     )
     h: Any = join_library(hidden, classifier, target, bias, weight, name="hidden")
     res = adapter_for(h).linear_values(h, classifier, target, smoothing, bias, weight, opts)
-    out: Any = (res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias)
+    loss: Any = (res.loss, res.aux) if return_aux else res.loss
+    out: Any = (loss, res.grad_hidden, res.grad_classifier, res.grad_bias)
     return out
 
 

@@ -41,6 +41,10 @@ class Request:
     smoothing_grad: bool = False  # d loss / d smoothing
     inplace: bool = True  # block temporaries may be written in place
     loss_in_compute_dtype: bool = False  # keep a half-precision input's loss in float32
+    grad_in_compute_dtype: bool = False  # ... and its gradient (for a caller that sums it further)
+    # a scale of the z-loss terms' factors: the fused loss evaluates blocks as sums and divides
+    # by the weighted "mean" denominator at the end, so its z-terms come scaled by total / count
+    z_scale: float | Array = 1.0
 
 
 class Aux(NamedTuple):
@@ -116,7 +120,7 @@ def evaluate(
         log_probs=opts.log_probs, kl=req.kl, dtype=dt, want_grad=req.grad,
         want_target_grad=req.target_grad, want_eps_grad=req.smoothing_grad, guard_rows=False,
         inplace=req.inplace, workers=opts.workers, plan=plan, read=read, z_loss=opts.z_loss,
-        softcap=opts.softcap, want_aux=opts.return_aux,
+        softcap=opts.softcap, want_aux=opts.return_aux, z_scale=req.z_scale,
     )  # fmt: skip
     v.check_num_classes(shape[ax], sp.convention, "number of classes (logits.shape[axis])")
     target, weight, where = v.inputs_like(xp, dev, target, weight, where)
@@ -154,7 +158,8 @@ def _assemble(
     and the statistics."""
     shape = tuple(logits.shape)
     batch_shape, num_classes = shape[:ax] + shape[ax + 1 :], shape[ax]
-    dt = rows.block.x.dtype if req.loss_in_compute_dtype else logits.dtype
+    compute = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 computed in float32
+    dt = compute if req.loss_in_compute_dtype else logits.dtype
     reduce = _Reduction(xp, opts.reduction, rows.block.factor, rows, batch_shape, dt)
     reduce_z = reduce._replace(factor=rows.block.factor_z)
 
@@ -189,7 +194,7 @@ def _assemble(
         )
     return Result(
         loss=loss,
-        grad=_unflatten(out.grad, logits.dtype),
+        grad=_unflatten(out.grad, compute if req.grad_in_compute_dtype else logits.dtype),
         target_grad=_unflatten(out.target_grad, target.dtype),
         smoothing_grad=reduce(out.eps_row, 0.0),  # a mean over nothing: NaN loss, zero derivatives
         aux=aux,

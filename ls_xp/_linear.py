@@ -21,6 +21,12 @@ The "mean" denominator (sum of w_y over the rows not ignored) depends on the tar
 only, so it is computed once up front and every block is evaluated as a sum; the
 gradients are scaled by it at the end, on the small (N x D, V x D) arrays.
 
+Half precision: the logits of a float16/bfloat16 head are computed in its dtype (as the
+unfused ``F.linear`` would), the loss and G_B in float32, and dW and db are accumulated
+across blocks in ``accum_dtype`` (float32 by default: PyTorch's and Liger-Kernel's name),
+each returned in its parameter's dtype. ``hidden`` and ``classifier`` of different float
+dtypes are promoted as ``hidden @ classifier.T`` promotes them.
+
 Reference: the same fusion as Liger-Kernel's ``FusedLinearCrossEntropy`` and Wijmans et
 al., "Cut Your Losses in Large-Vocabulary Language Models" (2024), here for every
 array-API library and with label smoothing in both conventions.
@@ -39,11 +45,10 @@ from array_api_compat import device as get_device
 
 from ls_xp import _plan
 from ls_xp import _validate as v
-from ls_xp._evaluate import Request, class_indices, evaluate, total_weight
+from ls_xp._evaluate import Aux, Request, class_indices, evaluate, total_weight
 from ls_xp._numeric import astype, safe_divide
 
 Array = Any
-
 
 
 class LinearResult(NamedTuple):
@@ -54,6 +59,7 @@ class LinearResult(NamedTuple):
     grad_classifier: Array | None
     grad_bias: Array | None
     smoothing_grad: Array | None  # d loss / d smoothing, the shape of ``loss``
+    aux: Aux | None = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,10 @@ class Problem:
     """A checked fused problem, rows flattened: what every block needs."""
 
     xp: ModuleType
-    hidden: Array  # (N, D)
-    classifier: Array  # (V, D)
+    hidden: Array  # (N, D), the caller's dtype
+    classifier: Array  # (V, D), in the logits' dtype (promoted once if the dtypes differ)
     bias: Array | None  # (V,)
-    target: Array  # (N,) class indices
+    target: Array  # (N,) class indices (shifted, with ignore_index at the end, for ``shift``)
     weight: Array | None  # (V,)
     eps: float | Array
     reduction: str
@@ -74,6 +80,10 @@ class Problem:
     batch_shape: tuple[int, ...]
     read: bool
     plan: str
+    opts: v.Options = v.DEFAULT_OPTIONS  # z_loss, softcap, return_aux, shift
+    count: float | Array = 1.0  # the number of counted rows (the z-loss's "mean" denominator)
+    accum: Any = None  # the dtype dW and db are accumulated in
+    dtypes: tuple[Any, Any, Any] = (None, None, None)  # hidden's, classifier's, bias's
 
 
 def setup(
@@ -97,27 +107,51 @@ def setup(
     target = v.same_namespace(xp, dev, target, "target", like="hidden")
     weight = v.same_namespace(xp, dev, weight, "weight", like="hidden")
     h_shape, num_classes = _check_shapes(xp, hidden, classifier, bias, target)
+    dtypes = (hidden.dtype, classifier.dtype, None if bias is None else bias.dtype)
+    logits_dtype = xp.result_type(*(d for d in dtypes if d is not None))
+    classifier, bias = (None if a is None else astype(xp, a, logits_dtype) for a in (classifier, bias))
     convention, reduction, ignore = opts.convention, opts.reduction, opts.ignore_index
     v.check_num_classes(num_classes, convention, "number of classes (classifier.shape[0])")
-    dt = xp.result_type(hidden.dtype, xp.float32)
+    dt = xp.result_type(logits_dtype, xp.float32)
     eps = v.check_smoothing(xp, smoothing, dt, dev, read)
     w = v.class_weight(xp, weight, num_classes, dt, read)
+    if opts.shift:
+        target = _shifted(xp, target, h_shape, opts)
     y = xp.reshape(target, (-1,))
     valid, _, safe = class_indices(xp, y, num_classes, ignore, read)
     total: float | Array = 1.0
     if reduction == "mean":  # a bad index counts with its clipped class: its loss is NaN anyway
         total = total_weight(xp, valid, None if w is None else xp.take(w, safe, axis=0), dt)
+    count = total if w is None or not (opts.z_loss or opts.return_aux) else total_weight(xp, valid, None, dt)
     return Problem(
         xp, xp.reshape(hidden, (-1, h_shape[-1])), classifier, bias, y, w, eps, reduction, ignore,
-        convention, total, h_shape[:-1], read, plan,
+        convention, total, h_shape[:-1], read, plan, opts, count,
+        v.check_accum_dtype(xp, opts.accum_dtype, dt), dtypes,
     )  # fmt: skip
+
+
+def _shifted(xp: ModuleType, target: Array, h_shape: tuple[int, ...], opts: v.Options) -> Array:
+    """The targets of the causal shift: target t + shift at position t, ``ignore_index``
+    at the last ``shift`` positions (the hidden states are not copied)."""
+    if len(h_shape) < 3 or tuple(target.shape) != h_shape[:-1]:
+        raise ValueError(
+            f"shift={opts.shift} needs hidden of shape (..., T, D) and target (..., T); got "
+            f"{h_shape} and {tuple(target.shape)}"
+        )
+    if opts.shift >= h_shape[-2]:
+        raise ValueError(f"shift={opts.shift} must be smaller than the sequence length {h_shape[-2]}")
+    pad = xp.full(
+        (*h_shape[:-2], opts.shift), opts.ignore_index, dtype=target.dtype, device=get_device(target)
+    )
+    return xp.concat([target[..., opts.shift :], pad], axis=-1)
 
 
 def _check_shapes(
     xp: ModuleType, hidden: Array, classifier: Array, bias: Array | None, target: Array
 ) -> tuple[tuple[int, ...], int]:
     """hidden (..., D), classifier (V, D), bias (V,), target ``hidden.shape[:-1]`` of
-    integers, one dtype: the shape of ``hidden`` and V, or an error naming the argument."""
+    integers, real floating dtypes: the shape of ``hidden`` and V, or an error naming the
+    argument."""
     h_shape = v.check_known_shape(hidden, "hidden")
     if len(h_shape) < 1:
         raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
@@ -128,8 +162,8 @@ def _check_shapes(
         )
     num_classes = int(classifier.shape[0])
     for name, a in (("classifier", classifier), ("bias", bias)):
-        if a is not None and a.dtype != hidden.dtype:
-            raise TypeError(f"{name} must have hidden's dtype {hidden.dtype}, got {a.dtype}")
+        if a is not None and not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
     if bias is not None and tuple(bias.shape) != (num_classes,):
         raise ValueError(f"bias must have shape ({num_classes},) (one per class), got {tuple(bias.shape)}")
     if tuple(target.shape) != h_shape[:-1] or not xp.isdtype(target.dtype, "integral"):
@@ -145,8 +179,9 @@ class BlockOut(NamedTuple):
     row: Array  # per-row losses (n_B,)
     eps_row: Array | None  # per-row d loss / d eps
     grad_hidden: Array | None  # (n_B, D)
-    grad_classifier: Array | None  # this block's part of dW (V, D)
-    grad_bias: Array | None  # this block's part of db (V,)
+    grad_classifier: Array | None  # this block's part of dW (V, D), in the accumulation dtype
+    grad_bias: Array | None  # this block's part of db (V,), likewise
+    aux: Aux | None = None  # per-row statistics (lse, z-terms, hits), ``return_aux``
 
 
 def block(
@@ -167,40 +202,53 @@ def block(
     eager accumulator, the block's G^T H is added into it in slices of classes (a
     V x D temporary per block would be as large as the accumulator itself)."""
     xp = p.xp
+    hidden = astype(xp, hidden, p.classifier.dtype)
+    # 1. the block's logits, in the head's dtype
     logits = hidden @ xp.matrix_transpose(p.classifier)
     if p.bias is not None:
         logits = logits + p.bias
-    # the block's rows summed (the "mean" factor is applied by finish); the gradient may
-    # replace the block's logits, which are ours
+    # 2. its rows summed (finish applies the "mean" factor); the gradient may replace the
+    #    block's logits, which are ours, and stays in float32 where dW is summed in float32
+    o = p.opts
     opts = v.Options(
         reduction="none", ignore_index=p.ignore_index, convention=p.convention, chunk_size=chunk_size,
-        overwrite_logits=True, check_values=False,
-    )
-    req = Request(grad=want_grad, smoothing_grad=want_smoothing_grad, loss_in_compute_dtype=True)
+        overwrite_logits=True, check_values=False, z_loss=o.z_loss, softcap=o.softcap,
+        return_aux=o.return_aux,
+    )  # fmt: skip
+    wide = p.accum is not None and p.accum != logits.dtype
+    z_scale = 1.0 if p.reduction != "mean" or p.total is p.count else p.total / p.count
+    req = Request(
+        grad=want_grad, smoothing_grad=want_smoothing_grad, loss_in_compute_dtype=True,
+        grad_in_compute_dtype=wide, z_scale=z_scale,
+    )  # fmt: skip
     res = evaluate(logits, target, p.eps, p.weight, None, opts, req)
     assert res.loss is not None
     g = res.grad  # in the buffer of ``logits`` where that is writeable
     del logits
     if g is None:
-        return BlockOut(res.loss, res.smoothing_grad, None, None, None)
+        return BlockOut(res.loss, res.smoothing_grad, None, None, None, res.aux)
+    # 3. the products: dH_B = G_B W, dW += G_B^T H_B, db += sum_n G_B
     s = None if row_scale is None else row_scale[:, None]
     gh = gw = gb = None
     if wants[0]:  # scale the (n_B x D) factors, never the (n_B x V) gradient
-        gh = g @ p.classifier if s is None else (g @ p.classifier) * s
+        gh = astype(xp, g, p.classifier.dtype) @ p.classifier
+        gh = gh if s is None else gh * s
     if wants[1]:
         h = hidden if s is None else hidden * s
+        g_acc, h_acc = (astype(xp, g, p.accum), astype(xp, h, p.accum)) if wide else (g, h)
         if grad_classifier is None:
-            gw = xp.matrix_transpose(g) @ h
+            gw = xp.matrix_transpose(g_acc) @ h_acc
         else:  # one product on an accelerator (each slice would be two more launches)
-            gw = _add_gram(xp, grad_classifier, g, h, whole=p.plan == "accelerator")
+            gw = _add_gram(xp, grad_classifier, g_acc, h_acc, whole=p.plan == "accelerator")
     if wants[2] and p.bias is not None:
-        gb = xp.sum(g, axis=0) if row_scale is None else xp.reshape(row_scale[None, :] @ g, (-1,))
-    return BlockOut(res.loss, res.smoothing_grad, gh, gw, gb)
+        g_acc = astype(xp, g, p.accum) if wide else g
+        gb = xp.sum(g_acc, axis=0) if row_scale is None else xp.reshape(row_scale[None, :] @ g_acc, (-1,))
+    return BlockOut(res.loss, res.smoothing_grad, gh, gw, gb, res.aux)
 
 
 def _add_gram(xp: ModuleType, total: Array, g: Array, h: Array, whole: bool = False) -> Array:
     """``total + g^T h`` in place, class slice by class slice: the temporary product is one
-    slice of about 2^21 elements (8 MiB of float32) and the matmuls stay large."""
+    slice of :data:`ls_xp._plan.GRAM_ELEMENTS` and the matmuls stay large."""
     num_classes, dim = total.shape
     step = num_classes if whole else max(1, _plan.GRAM_ELEMENTS // max(dim, 1))
     for lo in range(0, num_classes, step):
@@ -248,24 +296,20 @@ def evaluate_linear(
     xp, dev = p.xp, get_device(p.hidden)
     n_rows, dim = p.hidden.shape
     step = block_rows(p, opts.chunk_size)
-    scale = None if row_scale is None else xp.reshape(astype(xp, row_scale, p.hidden.dtype), (-1,))
-    rows: list[Array] = []
-    eps_rows: list[Array] = []
+    scale = None if row_scale is None else xp.reshape(astype(xp, row_scale, p.classifier.dtype), (-1,))
+    parts: list[BlockOut] = []
     gh = gw = gb = None
     for lo in range(0, n_rows, step):
         sl = slice(lo, min(n_rows, lo + step))
         one = step >= n_rows
         if gw is None and want_grad and wants[1] and not one:  # the accumulator
-            gw = xp.zeros(p.classifier.shape, dtype=p.classifier.dtype, device=dev)
+            gw = xp.zeros(p.classifier.shape, dtype=p.accum, device=dev)
         b = block(
             p, p.hidden if one else p.hidden[sl, ...], p.target if one else p.target[sl],
             want_grad=want_grad, want_smoothing_grad=want_smoothing_grad, wants=wants,
             row_scale=scale if scale is None or one else scale[sl], chunk_size=inner_chunk_size,
             grad_classifier=gw,
         )  # fmt: skip
-        rows.append(b.row)
-        if b.eps_row is not None:
-            eps_rows.append(b.eps_row)
         gw = b.grad_classifier
         if one:
             gh, gb = b.grad_hidden, b.grad_bias
@@ -275,6 +319,7 @@ def evaluate_linear(
                     gh = xp.empty((n_rows, dim), dtype=b.grad_hidden.dtype, device=dev)
                 gh = xpx.at(gh, (sl, slice(None))).set(b.grad_hidden)
             gb = _accumulate(xp, gb, b.grad_bias)
+        parts.append(b._replace(grad_hidden=None, grad_classifier=None, grad_bias=None))
         del b  # nothing of this block outlives it
     if n_rows == 0:  # no block ran: zero gradients, no rows
         like = (p.hidden, p.classifier, p.bias)
@@ -282,13 +327,32 @@ def evaluate_linear(
             xp.zeros(a.shape, dtype=a.dtype, device=dev) if want_grad and want and a is not None else None
             for a, want in zip(like, wants, strict=True)
         )
-        rows.append(xp.zeros((0,), dtype=p.hidden.dtype, device=dev))
-        eps_rows.append(rows[0])
-    row = rows[0] if len(rows) == 1 else xp.concat(rows)
-    eps_row = None
-    if want_smoothing_grad:
-        eps_row = eps_rows[0] if len(eps_rows) == 1 else xp.concat(eps_rows)
-    return finish(p, row, eps_row, gh, gw, gb, want_loss)
+    row, eps_row, aux_rows = _joined(p, parts, want_smoothing_grad)
+    return finish(p, row, eps_row, gh, gw, gb, want_loss, aux_rows)
+
+
+def _joined(
+    p: Problem, parts: list[BlockOut], want_smoothing_grad: bool
+) -> tuple[Array, Array | None, Aux | None]:
+    """The blocks' per-row values, joined."""
+    xp, dev = p.xp, get_device(p.hidden)
+    if not parts:
+        empty = xp.zeros((0,), dtype=xp.result_type(p.classifier.dtype, xp.float32), device=dev)
+        aux = Aux(empty, empty, empty, empty) if p.opts.return_aux else None
+        return empty, empty if want_smoothing_grad else None, aux
+
+    def cat(arrays: list[Array]) -> Array:
+        return arrays[0] if len(arrays) == 1 else xp.concat(arrays)
+
+    row = cat([b.row for b in parts])
+    eps_row = cat([b.eps_row for b in parts]) if want_smoothing_grad else None
+    aux = None
+    if p.opts.return_aux:
+        fields = [b.aux for b in parts]
+        assert all(a is not None for a in fields)
+        lse, z_rows, hits = (cat([getattr(a, f) for a in fields]) for f in ("lse", "z_loss", "accuracy"))
+        aux = Aux(lse, z_rows, hits, p.count)  # (the count is the problem's, not the blocks')
+    return row, eps_row, aux
 
 
 def _accumulate(xp: ModuleType, total: Array | None, part: Array | None) -> Array | None:
@@ -306,10 +370,12 @@ def finish(
     grad_classifier: Array | None,
     grad_bias: Array | None,
     want_loss: bool = True,
+    aux_rows: Aux | None = None,
 ) -> LinearResult:
-    """The reduction of the per-row losses (and eps-derivatives), and the gradients
-    scaled by the "mean" factor and shaped like their arrays."""
-    xp, dtype = p.xp, p.hidden.dtype
+    """The reduction of the per-row losses (and eps-derivatives, and statistics), and the
+    gradients scaled by the "mean" factor, shaped like their arrays and in their dtypes."""
+    xp = p.xp
+    out_dtype = p.classifier.dtype  # the logits' dtype: hidden's and the head's, promoted
     # the factor of the summed rows; every row ignored: NaN loss, zero gradients (PyTorch's).
     # The zero test of the denominator is shared by both divisions by it, as in the core.
     nonzero = None if isinstance(p.total, float) else p.total != 0
@@ -326,20 +392,51 @@ def finish(
             out = xp.sum(r) * unit
         else:  # the loss: NaN when the denominator is 0
             out = safe_divide(xp, xp.sum(r), p.total, at_zero, nonzero)
-        return astype(xp, out, dtype)
+        return astype(xp, out, out_dtype)
 
-    def _scaled(g: Array | None) -> Array | None:
-        return None if g is None else astype(xp, g * unit, dtype)
+    def _scaled(g: Array | None, dtype: Any) -> Array | None:
+        if g is None:
+            return None
+        return astype(
+            xp, g * unit if p.reduction == "mean" else g, p.classifier.dtype if dtype is None else dtype
+        )
 
     if grad_hidden is not None:
         grad_hidden = xp.reshape(grad_hidden, (*p.batch_shape, p.hidden.shape[1]))
-    if p.reduction == "mean":
-        grad_hidden, grad_classifier = _scaled(grad_hidden), _scaled(grad_classifier)
-        grad_bias = _scaled(grad_bias)
-    return LinearResult(
+    res = LinearResult(
         _reduce(row, math.nan) if want_loss else None,
-        grad_hidden,
-        grad_classifier,
-        grad_bias,
+        _scaled(grad_hidden, p.dtypes[0]),
+        _scaled(grad_classifier, p.dtypes[1]),
+        _scaled(grad_bias, p.dtypes[2]),
         _reduce(eps_row, 0.0),
+        None if aux_rows is None else _aux(p, aux_rows, _reduce),
     )
+    return res if not p.opts.shift else _cut(p, res)
+
+
+def _aux(p: Problem, rows: Aux, reduce: Any) -> Aux:
+    """The statistics: lse per position, the z-term reduced as the loss, the accuracy over
+    the counted rows (its "mean" over their number), and their number."""
+    xp = p.xp
+    accuracy = xp.sum(rows.accuracy) if p.reduction != "none" else xp.reshape(rows.accuracy, p.batch_shape)
+    if p.reduction == "mean":
+        accuracy = safe_divide(xp, accuracy, p.count, math.nan)
+    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(p.hidden))
+    count = xp.astype(xp.asarray(p.count, device=get_device(p.hidden)), index_dtype)
+    return Aux(xp.reshape(rows.lse, p.batch_shape), reduce(rows.z_loss, 0.0), accuracy, count)
+
+
+def _cut(p: Problem, res: LinearResult) -> LinearResult:
+    """Per-position outputs over the scored positions of the causal shift (lse always,
+    the rest for ``"none"``)."""
+
+    def cut(a: Array | None) -> Array | None:
+        return None if a is None else a[..., : a.shape[-1] - p.opts.shift]
+
+    none = p.reduction == "none"
+    aux = res.aux
+    if aux is not None:
+        aux = aux._replace(lse=cut(aux.lse), accuracy=cut(aux.accuracy) if none else aux.accuracy)
+    if not none:
+        return res._replace(aux=aux)
+    return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)

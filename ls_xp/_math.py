@@ -123,6 +123,7 @@ class Spec(NamedTuple):
     z_loss: float = 0.0  # the weight of lse**2 in each row's loss (PaLM's z-loss)
     softcap: float | None = None  # logits become softcap * tanh(x / softcap) first
     want_aux: bool = False  # the per-row lse and first-argmax hits
+    z_scale: float | Array = 1.0  # a scale of z_loss (see Request.z_scale)
 
 
 class BlockOut(NamedTuple):
@@ -203,10 +204,11 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     # 2. the z-loss's share of each row's softmax coefficient: d(z lse^2)/dx_c = 2 z lse p_c
     lse = None if ls.x_max is None or not (sp.z_loss or sp.want_aux) else ls.x_max + ls.l1
+    z = sp.z_loss if isinstance(sp.z_scale, float) and sp.z_scale == 1.0 else sp.z_loss * sp.z_scale
     z_coef = None
     if sp.z_loss and sp.want_grad:
         assert lse is not None and rows.factor_z is not None
-        z_coef = (2.0 * sp.z_loss) * lse * rows.factor_z
+        z_coef = (2.0 * z) * lse * rows.factor_z
     # 3. the cross-entropy rows and their gradient
     if t is not None:
         out = _soft_block(xp, sp, ls, rows._replace(m=m), cw, k_n, pk, z_coef)
@@ -222,9 +224,9 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         g = _scale_shift(xp, g, 1.0 - cap * cap, None, inplace=sp.inplace and not pk.dense)
     return out._replace(
         grad=g,
-        z_row=None if not sp.z_loss or lse is None else sp.z_loss * (lse * lse),
+        z_row=None if not sp.z_loss or lse is None else z * (lse * lse),
         lse=lse,
-        hit=None if target is None else xp.astype(ls.top == target, sp.dtype),
+        hit=None if target is None or not sp.want_aux else xp.astype(ls.top == target, sp.dtype),
     )
 
 

@@ -54,6 +54,7 @@ class Options:
     softcap: float | None = None  # logits become softcap * tanh(logits / softcap) (Gemma 2)
     shift: int = 0  # score position t against target t + shift (the causal-LM shift)
     return_aux: bool = False  # also return the statistics of the same pass
+    accum_dtype: Any = None  # the fused loss's dtype for summing dW and db (None: float32 at least)
 
 
 def options(
@@ -71,6 +72,7 @@ def options(
     softcap: Any = None,
     shift: Any = 0,
     return_aux: Any = False,
+    accum_dtype: Any = None,
 ) -> Options:
     """The keywords as an :class:`Options`, each checked; an error names the bad one."""
     opts = Options(
@@ -87,6 +89,7 @@ def options(
         softcap=check_softcap(softcap),
         shift=check_shift(shift),
         return_aux=as_bool(return_aux, "return_aux"),
+        accum_dtype=accum_dtype,  # (checked against the inputs' library by the fused loss)
     )
     if opts.log_probs and (opts.softcap is not None or opts.z_loss or opts.return_aux):
         name = "softcap" if opts.softcap is not None else "z_loss" if opts.z_loss else "return_aux"
@@ -129,6 +132,22 @@ def check_shift(value: Any) -> int:
 
 
 DEFAULT_OPTIONS = Options()
+
+
+def check_accum_dtype(xp: ModuleType, value: Any, compute: Any) -> Any:
+    """The dtype the fused loss sums the classifier's gradient in: a real floating dtype of
+    ``xp``; None: float32 at least (the compute dtype)."""
+    if value is None:
+        return compute
+    try:
+        ok = xp.isdtype(value, "real floating")
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"accum_dtype must be a real floating dtype of the inputs' library (e.g. float32), got {value!r}"
+        )
+    return value
 
 
 def check_ignore_index(value: Any) -> int:

@@ -130,7 +130,7 @@ _NOTEBOOK_TARGET = [0, 2, 1, 2]
 _LSCE_BLOG = "the blog post '损失函数-Label Smoothing Cross Entropy'"
 _TIMM_POST = "the GiantPandaCV post '浅谈LabelSmooth两种实现及推导' (timm's mixup)"
 _KL_POST = "the CSDN post 'label smoothing pytorch版本' (Annotated-Transformer-style KL)"
-_NOTEBOOK = "the source notebook, cells In [8]-[9]: torch.arange(12.).reshape(4, 3), y = [0, 2, 1, 2]"
+_NOTEBOOK = "the original notebook, cells In [8]-[9]: torch.arange(12.).reshape(4, 3), y = [0, 2, 1, 2]"
 _LSCE_BLOG_LOGITS = [[2.0, 1.0, 0.1], [1.5, 2.5, 0.3]]
 _NOTEBOOK_PROBS = [[0.3, 0.6, 0.001, 0.001, 0.05, 0.03]]
 _KL_EXAMPLE_PROBS = [
@@ -200,7 +200,7 @@ CASES: tuple[ReferenceCase, ...] = (
         function="smooth_labels",
         inputs={"labels": [1], "num_classes": 6},
         params={"smoothing": 0.25, "convention": "others"},
-        source="the source notebook, second table: 'Smoothed label(y)' for the class 鸟 (index 1) of 6",
+        source="the original notebook, second table: 'Smoothed label(y)' for the class 鸟 (index 1) of 6",
         description="eps/(K-1) convention; the table's 0.75 / 0.05 correspond to eps = 0.25",
         printed=[[0.05, 0.75, 0.05, 0.05, 0.05, 0.05]],
         exact=[["0.05", "0.75", "0.05", "0.05", "0.05", "0.05"]],
@@ -210,7 +210,7 @@ CASES: tuple[ReferenceCase, ...] = (
         function="cross_entropy",
         inputs={"probs": _NOTEBOOK_PROBS, "target": [1]},
         params={"smoothing": 0.25, "convention": "others", "reduction": "sum"},
-        source="the source notebook, tables: predicted probabilities p and the smoothed label of class 1",
+        source="the original notebook, tables: predicted probabilities p and the smoothed label of class 1",
         description="-sum_c q_c log p_c for the table's p (log-probability input)",
         printed=None,
         exact="1.4592078944827021507",

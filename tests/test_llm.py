@@ -183,3 +183,63 @@ def test_bad_llm_options_name_the_argument(kw, error, message):
     x, y = np.zeros((2, 6, 4)), np.zeros((2, 6), dtype=int)
     with pytest.raises(error, match=message):
         ls_xp.cross_entropy(x, y, 0.1, **kw)
+
+
+# ---------------------------------------------------------------- the fused linear loss
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fused_linear_options_equal_the_unfused_loss(xb, rng, reduction):
+    h, w_cls = rng.normal(size=(2, 7, 5)), rng.normal(size=(9, 5))
+    b, y = rng.normal(size=9), rng.integers(0, 9, (2, 7))
+    y[0, 3] = -100
+    weight = rng.uniform(0.5, 2.0, 9)
+    kw = dict(reduction=reduction, z_loss=1e-2, softcap=3.0, weight=xb.asarray(weight))
+    H, W, B, Y = xb.asarray(h), xb.asarray(w_cls), xb.asarray(b), xb.asarray(y)
+    for shift in (0, 2):
+        (loss, aux), gh, gw, gb = ls_xp.linear_loss_and_grad(
+            H, W, Y, 0.1, bias=B, shift=shift, return_aux=True, chunk_size=3, **kw
+        )
+        (want, waux), g = ls_xp.loss_and_grad(
+            xb.asarray(h @ w_cls.T + b), Y, 0.1, shift=shift, return_aux=True, **kw
+        )
+        g = xb.np(g)
+        np.testing.assert_allclose(xb.np(loss), xb.np(want), rtol=1e-12)
+        np.testing.assert_allclose(xb.np(gh), g @ w_cls, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(xb.np(gw), np.einsum("btv,btd->vd", g, h), rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(xb.np(gb), g.sum((0, 1)), rtol=1e-11, atol=1e-14)
+        for field in ("lse", "z_loss", "accuracy", "count"):
+            np.testing.assert_allclose(xb.np(getattr(aux, field)), xb.np(getattr(waux, field)), rtol=1e-12)
+
+
+def test_fused_linear_mixed_dtypes_are_promoted(rng):
+    """float32 hidden states with a float64 head: computed as ``hidden @ classifier.T``
+    promotes them; each gradient in its input's dtype."""
+    h, w_cls, y = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(7, 4)), rng.integers(0, 7, 6)
+    loss, gh, gw, _ = ls_xp.linear_loss_and_grad(h, w_cls, y, 0.1)
+    want, g = ls_xp.loss_and_grad(h.astype(np.float64) @ w_cls.T, y, 0.1)
+    assert gh.dtype == np.float32 and gw.dtype == np.float64
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+    np.testing.assert_allclose(gw, g.T @ h.astype(np.float64), rtol=1e-12)
+
+
+def test_half_precision_head_accumulates_in_float32(rng):
+    """float16 hidden states and head: dW summed over 32 blocks in float32 (the default)
+    is closer to the float64 truth than summed in float16."""
+    n, d, v = 2048, 16, 64
+    h, w_cls, y = rng.normal(size=(n, d)), rng.normal(size=(v, d)) * 0.3, rng.integers(0, v, n)
+    h16, w16 = h.astype(np.float16), w_cls.astype(np.float16)
+    _, g = ls_xp.loss_and_grad(h16.astype(np.float64) @ w16.T.astype(np.float64), y, 0.1)
+    truth = g.T @ h16.astype(np.float64)
+
+    def error(**kw):
+        _, _, gw, _ = ls_xp.linear_loss_and_grad(h16, w16, y, 0.1, chunk_size=16, **kw)
+        assert gw.dtype == np.float16
+        return np.max(np.abs(gw.astype(np.float64) - truth)) / np.max(np.abs(truth))
+
+    assert error() * 4 <= error(accum_dtype=np.float16)
+
+
+def test_bad_accum_dtype_names_the_argument(rng):
+    with pytest.raises(TypeError, match=r"accum_dtype must be a real floating dtype .* got 'float'"):
+        ls_xp.linear_cross_entropy(np.ones((2, 3)), np.ones((4, 3)), np.array([0, 1]), accum_dtype="float")
