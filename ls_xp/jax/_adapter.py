@@ -50,6 +50,9 @@ def _loss_jvp(
     opts: Options, kl: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
 ) -> tuple[Any, Any]:
     logits, target, weight, where, smoothing = primals
+    # a primal may reach the rule as the NumPy array it was traced from (jax.jvp of NumPy
+    # primals, as jax.test_util.check_grads makes them): the core sees one library
+    logits, target = jnp.asarray(logits), jnp.asarray(target)
     d_logits, d_target, d_weight, _, d_smoothing = tangents
     soft = target.shape == logits.shape and jnp.issubdtype(target.dtype, jnp.floating)
     req = Request(
