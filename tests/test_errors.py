@@ -76,7 +76,8 @@ def test_soft_target_shape_mismatch_and_dtype(xb):
         _ce(xb, y=np.full((4, 2), 0.5))
     with pytest.raises(TypeError, match="read as class probabilities, which must be floating point"):
         _ce(xb, y=np.zeros((4, 3), dtype=int))
-    with pytest.raises(TypeError, match=r"must have an integer dtype, got .*; convert it, e.g. target.astype\(int\)"):
+    fix = r"must have an integer dtype, got .*; convert it, e.g. target.astype\(int\)"
+    with pytest.raises(TypeError, match=fix):
         _ce(xb, y=np.array([0.0, 1.0, 2.0, 1.0]))
 
 

@@ -41,7 +41,7 @@ assert not tools, tools  # the library never imports the command's tooling
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize("module", ["_core.py", "_linear.py"])
+@pytest.mark.parametrize("module", ["_math.py", "_evaluate.py", "_linear.py", "_validate.py", "_plan.py"])
 def test_core_module_names_no_framework(module):
     src = (ROOT / "ls_xp" / module).read_text(encoding="utf-8")
     for name in ("numpy", "torch", "jax", "dask", "cupy", "array_api_strict"):

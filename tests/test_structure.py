@@ -30,6 +30,9 @@ MODULES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 def _imports(name: str) -> set[str]:
     """Every module ``name`` imports, at any depth of its code (lazy imports included)."""
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    for node in ast.walk(tree):  # imports for type checkers only never run
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
     package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):

@@ -274,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ls-xp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_reference(sub)
+    _add_check(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _add_reference(sub: Any) -> None:
     p_ref = sub.add_parser(
         "reference",
         help="show the reference cases and their exact values",
@@ -282,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_ref.add_argument("name", nargs="?", help="one case by name (default: the table of all)")
     p_ref.add_argument("--json", action="store_true", help="machine-readable output")
     p_ref.set_defaults(func=_cmd_reference)
+
+
+def _add_check(sub: Any) -> None:
     p_chk = sub.add_parser(
         "check",
         help="the conformance matrix: every backend, device and dtype against the reference values",
@@ -308,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_chk.add_argument("--json", action="store_true", help="machine-readable output")
     p_chk.set_defaults(func=_cmd_check)
+
+
+def _add_bench(sub: Any) -> None:
     p_b = sub.add_parser(
         "bench",
         help="time and peak memory of loss + gradient against the peers",
@@ -341,7 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_b.add_argument("--json", action="store_true", help="machine-readable output")
     p_b.add_argument("--plot", metavar="FILE.png", help="draw time and memory per backend and size")
     p_b.set_defaults(func=_cmd_bench)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
