@@ -406,10 +406,10 @@ def grad_block(
     scale = xp.exp(loc.m_r - glob.g_max) * (q_r * inv)  # Q r p_c / e_c
     if pk.dense:
         g = e * scale - off
-    else:
-        e *= scale
-        e -= off
+    else:  # in place: e is this block's buffer
         g = e
+        g *= scale
+        g -= off
     if rows.y_loc is not None:
         g = put_per_row(xp, g, at(pk, rows.y_loc), neg_on, add=True, inplace=not pk.dense)
     top_val = xp.where(loc.m_r == glob.g_max, at_q - (q_r * inv) * glob.s, scale - below_q)

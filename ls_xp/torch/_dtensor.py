@@ -1,0 +1,161 @@
+"""DTensor logits: ``ls_xp.cross_entropy`` on a DTensor of a 1-D ``DeviceMesh``.
+
+- ``Shard(class_axis)`` (the output of ``ColwiseParallel(output_layouts=Shard(-1))``):
+  the vocabulary-parallel loss of :mod:`ls_xp.torch._parallel` on the local shards over
+  the mesh's process group. No context manager is needed (unlike ``loss_parallel``).
+- ``Shard(d)`` on another axis (batch-sharded): the local loss, plus one SUM of the
+  local sum and "mean" denominator for ``"mean"`` and ``"sum"``.
+- ``Replicate()``: the loss of the local (whole) tensor.
+
+The loss comes back as a DTensor, ``Replicate()`` (``"none"``: placed like the rows);
+``loss.backward()`` gives the logits a gradient with their own placement, through
+``to_local``'s autograd rule. ``target``, ``weight`` and ``where`` may be DTensors
+(replicated, or sharded like the logits) or plain tensors, replicated (``weight`` also
+a plain tensor of the local slice; ``where`` and probability targets: the local shard).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ls_xp import _validate as v
+from ls_xp.torch._parallel import sharded_loss, sharded_values
+
+Tensor = torch.Tensor
+
+
+def is_dtensor(x: Any) -> bool:
+    """A DTensor, without importing ``torch.distributed.tensor`` (cheap for every call)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(mod, "DTensor", None)
+    return cls is not None and isinstance(x, cls)
+
+
+def _placement(logits: Any) -> Any:
+    from torch.distributed.tensor import Partial
+
+    mesh = logits.device_mesh
+    if mesh.ndim != 1:
+        raise ValueError(
+            f"logits are a DTensor on a {mesh.ndim}-D DeviceMesh; ls_xp takes a 1-D mesh: pass "
+            "the sub-mesh of the tensor-parallel dimension (mesh['tp']) and its local tensors"
+        )
+    p = logits.placements[0]
+    if isinstance(p, Partial):
+        raise ValueError(
+            f"logits are a DTensor with placement {p} (pending sums): redistribute them first, e.g. "
+            "logits.redistribute(placements=[Shard(-1)]) (classes sharded) or [Replicate()]"
+        )
+    return p
+
+
+def _local(a: Any, name: str, logits_placement: Any) -> Any:
+    """A DTensor argument as its local tensor: replicated, or sharded like the logits."""
+    if not is_dtensor(a):
+        return a
+    from torch.distributed.tensor import Replicate
+
+    p = a.placements[0]
+    if not isinstance(p, Replicate) and p != logits_placement:
+        raise ValueError(
+            f"{name} is a DTensor with placement {p}; give it Replicate() or the logits' {logits_placement}"
+        )
+    return a.to_local()
+
+
+def dtensor_loss(
+    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options, *, kl: bool
+) -> Any:
+    """The loss of DTensor logits, a DTensor (see the module docstring)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    _refuse_llm_options(opts)
+    p = _placement(logits)
+    mesh = logits.device_mesh
+    ax = v.check_axis(opts.axis, logits.ndim)
+    target, weight, where = (
+        _local(a, n, p) for a, n in ((target, "target"), (weight, "weight"), (where, "where"))
+    )
+    local = logits.to_local()
+    if isinstance(p, Shard) and p.dim % logits.ndim == ax:
+        loss = sharded_loss(local, target, smoothing, weight, where, opts, mesh.get_group(), kl=kl)
+        return DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
+    from ls_xp.torch._adapter import ADAPTER  # (which routes DTensors here)
+
+    def fn(a: Tensor, reduction: str) -> Any:
+        return ADAPTER.loss(a, target, smoothing, weight, where, replace(opts, reduction=reduction), kl=kl)
+
+    if isinstance(p, Replicate):
+        return DTensor.from_local(fn(local, opts.reduction), mesh, [Replicate()], run_check=False)
+    assert isinstance(p, Shard)
+    d = p.dim % logits.ndim
+    if opts.reduction == "none":
+        rows = fn(local, "none")
+        return DTensor.from_local(rows, mesh, [Shard(d if d < ax else d - 1)], run_check=False)
+    part = fn(local, "sum")
+    return DTensor.from_local(_batch_total(part, local, target, weight, opts, ax, mesh), mesh, [Replicate()])
+
+
+def _batch_total(
+    part: Tensor, local: Tensor, target: Tensor, weight: Any, opts: v.Options, ax: int, mesh: Any
+) -> Tensor:
+    """The batch-sharded "sum"/"mean": one SUM of (local sum, local denominator); the
+    other ranks' part enters as a constant, so each rank's gradient stays its own."""
+    target = torch.as_tensor(target, device=local.device)
+    if target.dtype.is_floating_point and target.shape == local.shape:
+        count = torch.tensor(float(local.numel() // local.shape[ax]), device=local.device, dtype=part.dtype)
+    else:
+        valid = target != opts.ignore_index
+        if weight is None:
+            count = valid.sum().to(part.dtype)
+        else:
+            w = torch.as_tensor(weight, device=local.device)
+            count = torch.where(valid, w[target.clamp(0, w.shape[0] - 1)], 0).sum().to(part.dtype)
+    both = torch.stack([part.detach(), count])
+    dist.all_reduce(both, group=mesh.get_group())
+    total = part + (both[0] - part.detach())
+    if opts.reduction == "sum":
+        return total
+    return total / both[1] if float(both[1]) != 0 else total * float("nan")
+
+
+def dtensor_values(
+    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options
+) -> tuple[Any, Any]:
+    """``loss_and_grad`` of class-sharded DTensor logits: (Replicate loss, gradient placed
+    like the logits)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    _refuse_llm_options(opts)
+    p = _placement(logits)
+    ax = v.check_axis(opts.axis, logits.ndim)
+    if not (isinstance(p, Shard) and p.dim % logits.ndim == ax):
+        raise ValueError(
+            f"loss_and_grad takes DTensor logits sharded on the class axis (Shard({ax})), got {p}; use "
+            "cross_entropy(...) and .backward() for other placements"
+        )
+    mesh = logits.device_mesh
+    target, weight, where = (
+        _local(a, n, p) for a, n in ((target, "target"), (weight, "weight"), (where, "where"))
+    )
+    loss, g = sharded_values(logits.to_local(), target, smoothing, weight, where, opts, mesh.get_group())
+    return (
+        DTensor.from_local(loss, mesh, [Replicate()], run_check=False),
+        DTensor.from_local(g, mesh, [p], run_check=False),
+    )
+
+
+def _refuse_llm_options(opts: v.Options) -> None:
+    """z-loss, softcapping, the shift and the statistics are not implemented on DTensors yet."""
+    for name in ("z_loss", "softcap", "shift", "return_aux"):
+        value = getattr(opts, name, None)
+        if value not in (None, 0, 0.0, False):
+            raise NotImplementedError(
+                f"{name}={value!r} is not supported with DTensor logits yet; compute the loss of the "
+                "local shards with the keyword, or leave it at its default"
+            )
