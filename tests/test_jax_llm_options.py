@@ -68,3 +68,40 @@ def test_return_aux_under_jit_and_grad():
         np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-12)
     _, want_grad = ls_xp.loss_and_grad(x, y, 0.1, z_loss=1e-3)
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-10)
+
+
+LINEAR_CASES = [*CASES, {"z_loss": 1e-2, "softcap": 3.0, "shift": 1, "reduction": "none", "chunk_size": 3}]
+
+
+def _linear_data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(2, 7, 4)), rng.normal(size=(9, 4)), rng.normal(size=9), rng.integers(0, 9, (2, 7))
+
+
+@pytest.mark.parametrize("kw", LINEAR_CASES)
+def test_fused_linear_scan_equals_the_core(kw):
+    h, w_cls, b, y = _linear_data()
+    want = ls_xp.linear_loss_and_grad(h, w_cls, y, 0.1, bias=b, **kw)
+    yj = jnp.asarray(y)
+
+    def f(a, c, d):
+        return jnp.sum(ls_xp.linear_cross_entropy(a, c, yj, 0.1, bias=d, **kw))
+
+    args = (jnp.asarray(h), jnp.asarray(w_cls), jnp.asarray(b))
+    grads = jax.grad(f, argnums=(0, 1, 2))(*args)
+    for got, exp in zip(grads, want[1:], strict=True):
+        np.testing.assert_allclose(np.asarray(got), exp, rtol=1e-9, atol=1e-12)
+    values = ls_xp.linear_loss_and_grad(*args[:2], yj, 0.1, bias=args[2], **kw)
+    for got, exp in zip(values, want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), exp, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_linear_return_aux_under_jit():
+    h, w_cls, b, y = _linear_data()
+    _, want_aux = ls_xp.linear_cross_entropy(h, w_cls, y, 0.1, bias=b, z_loss=1e-3, return_aux=True)
+    wj, yj, bj = jnp.asarray(w_cls), jnp.asarray(y), jnp.asarray(b)
+    _, aux = jax.jit(
+        lambda a: ls_xp.linear_cross_entropy(a, wj, yj, 0.1, bias=bj, z_loss=1e-3, return_aux=True)
+    )(jnp.asarray(h))
+    for got, exp in zip(aux, want_aux, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-10)

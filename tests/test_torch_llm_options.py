@@ -83,3 +83,35 @@ def test_return_aux_with_autograd():
         np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-12)
     _, grad = ls_xp.loss_and_grad(x, y, 0.1, z_loss=1e-3)
     np.testing.assert_allclose(xt.grad.numpy(), grad, rtol=1e-10)
+
+
+LINEAR_CASES = [*CASES, {"z_loss": 1e-2, "softcap": 3.0, "shift": 1, "reduction": "none", "chunk_size": 3}]
+
+
+def _linear_data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(2, 7, 4)), rng.normal(size=(9, 4)), rng.normal(size=9), rng.integers(0, 9, (2, 7))
+
+
+@pytest.mark.parametrize("kw", LINEAR_CASES)
+def test_fused_linear_autograd_equals_the_core(kw):
+    h, w_cls, b, y = _linear_data()
+    want = ls_xp.linear_loss_and_grad(h, w_cls, y, 0.1, bias=b, **kw)
+    ht, wt, bt = (torch.tensor(a, requires_grad=True) for a in (h, w_cls, b))
+    loss = ls_xp.linear_cross_entropy(ht, wt, torch.tensor(y), 0.1, bias=bt, **kw)
+    loss.sum().backward()
+    np.testing.assert_allclose(loss.detach().numpy(), want[0], rtol=1e-10)
+    for got, exp in zip((ht.grad, wt.grad, bt.grad), want[1:], strict=True):
+        np.testing.assert_allclose(got.numpy(), exp, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_linear_return_aux_with_autograd():
+    h, w_cls, b, y = _linear_data()
+    _, want_aux = ls_xp.linear_cross_entropy(h, w_cls, y, 0.1, bias=b, z_loss=1e-3, return_aux=True)
+    ht = torch.tensor(h, requires_grad=True)
+    loss, aux = ls_xp.linear_cross_entropy(
+        ht, torch.tensor(w_cls), torch.tensor(y), 0.1, bias=torch.tensor(b), z_loss=1e-3, return_aux=True
+    )
+    loss.backward()
+    for got, exp in zip(aux, want_aux, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-10)

@@ -20,7 +20,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from ls_xp import _linear, _plan, _validate
 from ls_xp._adapters import Adapter
-from ls_xp._evaluate import Request, evaluate
+from ls_xp._evaluate import Aux, Request, evaluate
 from ls_xp._validate import Options
 
 Array = Any
@@ -138,7 +138,7 @@ def _run(
     h = jnp.pad(p.hidden, ((0, pad), (0, 0))).reshape(blocks, step, d)
     y = jnp.pad(p.target, (0, pad), constant_values=p.ignore_index).reshape(blocks, step)  # ignored rows
     s = None if row_scale is None else jnp.pad(jnp.reshape(row_scale, (-1,)), (0, pad)).reshape(blocks, step)
-    dt = jnp.result_type(hidden.dtype, jnp.float32)  # the classifier's gradient is summed in it
+    acc = p.accum  # the dtype dW and db are summed in across the blocks
 
     def body(carry: Any, xs: Any) -> tuple[Any, Any]:
         h_b, y_b, s_b = xs
@@ -146,21 +146,29 @@ def _run(
                           row_scale=s_b)  # fmt: skip
         gw, gb = carry
         if b.grad_classifier is not None:
-            gw = gw + b.grad_classifier.astype(dt)
+            gw = gw + b.grad_classifier.astype(acc)
         if b.grad_bias is not None:
-            gb = gb + b.grad_bias.astype(dt)
-        return (gw, gb), (b.row, b.eps_row, b.grad_hidden)
+            gb = gb + b.grad_bias.astype(acc)
+        aux = None if b.aux is None else (b.aux.lse, b.aux.z_loss, b.aux.accuracy)
+        return (gw, gb), (b.row, b.eps_row, b.grad_hidden, aux)
 
-    init = (jnp.zeros(p.classifier.shape, dt), None if bias is None else jnp.zeros(bias.shape, dt))
+    init = (jnp.zeros(p.classifier.shape, acc), None if bias is None else jnp.zeros(bias.shape, acc))
     if not want_grad:
-        init = (jnp.zeros((), dt), None)
-    (gw, gb), (rows, eps_rows, gh) = jax.lax.scan(jax.checkpoint(body) if remat else body, init, (h, y, s))
-    rows = rows.reshape(-1)[:n]
-    eps_rows = None if eps_rows is None else eps_rows.reshape(-1)[:n]
+        init = (jnp.zeros((), acc), None)
+    scan = jax.checkpoint(body) if remat else body
+    (gw, gb), (rows, eps_rows, gh, aux) = jax.lax.scan(scan, init, (h, y, s))
+
+    def joined(a: Any) -> Any:  # the blocks' rows, without the padding
+        return None if a is None else a.reshape(-1)[:n]
+
+    aux_rows = None
+    if aux is not None:
+        lse, z_rows, hits = (joined(a) for a in aux)
+        aux_rows = Aux(lse, z_rows, hits, p.count)  # (the count is the problem's, not the blocks')
     if not want_grad:
-        return _linear.finish(p, rows, eps_rows, None, None, None, want_loss)
-    gb = None if gb is None else gb.astype(hidden.dtype)
-    return _linear.finish(p, rows, eps_rows, gh.reshape(-1, d)[:n], gw.astype(hidden.dtype), gb, want_loss)
+        return _linear.finish(p, joined(rows), joined(eps_rows), None, None, None, want_loss, aux_rows)
+    gh = gh.reshape(-1, d)[:n]
+    return _linear.finish(p, joined(rows), joined(eps_rows), gh, gw, gb, want_loss, aux_rows)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -195,8 +203,11 @@ def _linear_fwd(
 def _linear_bwd(static: _Static, residuals: Any, ct: Any) -> tuple[Any, ...]:
     hidden, classifier, bias, target, weight, smoothing, grads, d_smooth = residuals
     if grads is None:  # "none": the cotangent weights the rows
+        shift, row_ct = static[0].shift, ct
+        if shift:  # the scored positions' cotangent; the last shift positions weigh nothing
+            row_ct = jnp.pad(ct, [(0, 0)] * (ct.ndim - 1) + [(0, shift)])
         res = _run(hidden, classifier, bias, target, weight, smoothing, static, want_loss=False,
-                   want_grad=True, row_scale=ct)  # fmt: skip
+                   want_grad=True, row_scale=row_ct)  # fmt: skip
         grads = (res.grad_hidden, res.grad_classifier, res.grad_bias)
     else:
         grads = tuple(None if g is None else g * ct.astype(g.dtype) for g in grads)
@@ -261,8 +272,16 @@ class JaxAdapter(Adapter):
         weight: Any,
         opts: Options,
     ) -> Array:
-        """The differentiable fused loss."""
-        return _linear_loss(*_linear_args(hidden, classifier, bias, target, weight, smoothing, opts))
+        """The differentiable fused loss (``(loss, aux)`` with ``opts.return_aux``)."""
+        if not opts.return_aux:
+            return _linear_loss(*_linear_args(hidden, classifier, bias, target, weight, smoothing, opts))
+        # the statistics carry no gradient: a scan of their own beside the rule
+        plain = replace(opts, return_aux=False)
+        loss = _linear_loss(*_linear_args(hidden, classifier, bias, target, weight, smoothing, plain))
+        aux = _run(
+            *_linear_args(hidden, classifier, bias, target, weight, smoothing, opts), want_loss=False
+        ).aux
+        return loss, jax.lax.stop_gradient(aux)
 
     def linear_values(
         self,

@@ -113,8 +113,8 @@ class TorchAdapter(Adapter):
         bias: Any,
         weight: Any,
         opts: Options,
-    ) -> Tensor:
-        """The differentiable fused loss."""
+    ) -> Any:
+        """The differentiable fused loss (``(loss, aux)`` with ``opts.return_aux``)."""
         classifier, bias = (
             as_tensor(hidden, classifier, "classifier", "hidden"),
             as_tensor(hidden, bias, "bias", "hidden"),
@@ -138,9 +138,9 @@ class TorchAdapter(Adapter):
                 hidden, classifier, target, smoothing, bias, weight, opts, want_grad=False
             )
             assert res.loss is not None
-            return res.loss
-        out: Tensor = _LinearCE.apply(hidden, classifier, bias, target, weight, smoothing, opts, needs)[0]
-        return out
+            return (res.loss, res.aux) if opts.return_aux else res.loss
+        out = _LinearCE.apply(hidden, classifier, bias, target, weight, smoothing, opts, needs)
+        return (out[0], out[5]) if opts.return_aux else out[0]
 
     def linear_values(
         self,

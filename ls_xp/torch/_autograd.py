@@ -235,12 +235,13 @@ class _LinearCE(_Function):
             hidden, classifier, target, smoothing, bias, weight, opts, want_grad=now,
             wants=needs[:3], want_smoothing_grad=needs[3],
         )  # fmt: skip
-        return res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad
+        return res.loss, res.grad_hidden, res.grad_classifier, res.grad_bias, res.smoothing_grad, res.aux
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         hidden, classifier, bias, target, weight, smoothing, opts, needs = inputs
-        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+        # (the statistics, output 5, are no tensor and not differentiable)
+        ctx.mark_non_differentiable(*(t for t in output[1:5] if t is not None))
         ctx.opts, ctx.needs = opts, needs
         # the gradients stay off save_for_backward so that backward can give them away
         ctx.grads = output[1:4] if output[1:4] != (None, None, None) else None
@@ -265,9 +266,12 @@ class _LinearCE(_Function):
         per_row = ctx.opts.reduction == "none"
         grads = ctx.grads
         if grads is None and any(ctx.needs[:3]):  # "none", or a second backward (retain_graph)
+            row_scale = grad_out if per_row else None
+            if row_scale is not None and ctx.opts.shift:  # scored positions; the last shift weigh 0
+                row_scale = torch.nn.functional.pad(row_scale, (0, ctx.opts.shift))
             res = evaluate_linear(
                 hidden, classifier, target, smoothing, bias, weight, ctx.opts, want_loss=False,
-                want_grad=True, wants=ctx.needs[:3], row_scale=grad_out if per_row else None,
+                want_grad=True, wants=ctx.needs[:3], row_scale=row_scale,
             )  # fmt: skip
             grads = (res.grad_hidden, res.grad_classifier, res.grad_bias)
         else:
