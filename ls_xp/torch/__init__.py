@@ -40,7 +40,14 @@ from typing import Any
 from ls_xp.torch._modules import CrossEntropyLoss, LabelSmoothingCrossEntropy, LinearCrossEntropyLoss
 
 # (also ``cross_entropy``, ``kl_divergence`` and ``linear_cross_entropy``, through ``__getattr__``)
-__all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy", "LinearCrossEntropyLoss"]
+__all__ = [
+    "CrossEntropyLoss",
+    "LabelSmoothingCrossEntropy",
+    "LinearCrossEntropyLoss",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]
+_PARALLEL = ("vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy")  # (ls_xp.torch._parallel)
 
 for _cls in (CrossEntropyLoss, LabelSmoothingCrossEntropy, LinearCrossEntropyLoss):
     _cls.__module__ = __name__  # their public home (doctests, docs, pickles name it)
@@ -54,4 +61,8 @@ def __getattr__(name: str) -> Any:
         from ls_xp import _api
 
         return getattr(_api, name)
+    if name in _PARALLEL:  # class-sharded logits over torch.distributed (imported on first use)
+        from ls_xp.torch import _parallel, _parallel_linear
+
+        return getattr(_parallel if name == _PARALLEL[0] else _parallel_linear, name)
     raise AttributeError(f"module 'ls_xp.torch' has no attribute {name!r}")

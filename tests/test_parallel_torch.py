@@ -1,0 +1,196 @@
+"""Vocabulary-parallel loss on torch.distributed: real gloo processes over 127.0.0.1.
+
+One world per R (2, 3, 4) runs every case inside its ranks and returns the errors
+against the unsharded ``ls_xp`` loss and gradient and the collectives each call made
+(``torch.distributed.all_reduce``/``all_gather`` wrapped in the ranks); the parent only
+compares. Worlds are small (R <= 4, arrays of a few rows) and bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+dist = pytest.importorskip("torch.distributed", reason="torch.distributed is not available")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed without the gloo backend", allow_module_level=True)
+
+import ls_xp  # noqa: E402
+from ls_xp._tools.bench_ranks import run_ranks  # noqa: E402
+
+SIZES = {2: [4, 6], 3: [3, 3, 4], 4: [2, 3, 1, 4]}  # uneven slices of K = 10 classes
+TIMEOUT = 240.0
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+def case_list() -> list[dict[str, Any]]:
+    """Every keyword: both conventions, reductions, weights (none, replicated, sharded),
+    where, probability targets, log_probs, the KL form, a class axis in the middle."""
+    out = []
+    grid = itertools.product(
+        [0.0, 0.1], ["uniform", "others"], ["mean", "sum", "none"], [None, "rep", "shard"], [False, True]
+    )
+    for eps, conv, red, w, m in grid:
+        out.append(dict(eps=eps, convention=conv, reduction=red, weight=w, where=m))
+    for red, w in itertools.product(["mean", "none"], [None, "shard"]):
+        out.append(dict(eps=0.1, convention="others", reduction=red, weight=w, where=True, soft=True))
+        out.append(dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, soft=True, kl=True))
+        out.append(dict(eps=0.1, convention="others", reduction=red, weight=w, where=True, log_probs=True))
+        out.append(dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, kl=True))
+        out.append(dict(eps=0.2, convention="uniform", reduction=red, weight=w, where=True, axis=1))
+    for dt in ("float32",):
+        out += [dict(c, dtype=dt) for c in out[:24:5]]
+    return out
+
+
+def _data(c: dict[str, Any], k: int) -> dict[str, Any]:
+    """The whole problem (the same on every rank: one seed)."""
+    rng = np.random.default_rng(7)
+    dt = getattr(torch, c.get("dtype", "float64"))
+    n = 6
+    x = torch.from_numpy(rng.standard_normal((n, k)) * 3).to(dt)
+    x[0, 0] = x[0, k - 1] = 9.0  # the row maximum on two ranks
+    x[1] = 0.0
+    y = torch.from_numpy(rng.integers(0, k, n))
+    y[2] = -100
+    m = None
+    if c.get("where"):
+        m = torch.from_numpy(rng.random((n, k)) > 0.3)
+        m[:, 0] = m[:, k - 1] = True
+        m[3, 1 : k - 1] = False  # every class of the middle ranks masked in one row
+        m[torch.arange(n), y.clamp(0, k - 1)] = True
+    if c.get("soft"):
+        y = torch.from_numpy(rng.dirichlet(np.ones(k), n)).to(dt)
+    if c.get("log_probs"):
+        x = torch.log_softmax(x if m is None else x.masked_fill(~m, -1e30), -1)
+    w = None if c["weight"] is None else torch.from_numpy(rng.random(k) + 0.5).to(dt)
+    up = torch.from_numpy(rng.random(n) + 0.5).to(dt)
+    if c.get("axis") == 1:  # (2, K, 3) with the classes in the middle
+        x = x.reshape(2, 3, k).transpose(1, 2).contiguous()
+        y = y.reshape(2, 3)
+        m = None if m is None else m.reshape(2, 3, k).transpose(1, 2).contiguous()
+        up = up.reshape(2, 3)
+    return dict(x=x, y=y, m=m, w=w, up=up)
+
+
+def _keywords(c: dict[str, Any]) -> dict[str, Any]:
+    kw = dict(reduction=c["reduction"], convention=c["convention"], log_probs=c.get("log_probs", False))
+    if c.get("axis") == 1:
+        kw["axis"] = 1
+    return kw
+
+
+class _Count:
+    """Wraps torch.distributed's collectives in a rank: (name, elements) per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self._orig = {name: getattr(dist, name) for name in ("all_reduce", "all_gather", "broadcast")}
+        for name, fn in self._orig.items():
+            setattr(dist, name, self._wrap(name, fn))
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            t = args[1] if name == "all_gather" else args[0]
+            self.calls.append((name, int(t.numel())))
+            return fn(*args, **kwargs)
+
+        return counted
+
+    def take(self) -> list[tuple[str, int]]:
+        out, self.calls = self.calls, []
+        return out
+
+
+def _rel(a: Any, b: Any) -> float:
+    a, b = a.double(), b.double()
+    scale = float(b.abs().max()) if b.numel() else 1.0
+    return float((a - b).abs().max()) / max(scale, 1e-300) if b.numel() else 0.0
+
+
+def _one_case(rank: int, sizes: list[int], c: dict[str, Any], count: _Count) -> dict[str, Any]:
+    from ls_xp.torch import vocab_parallel_cross_entropy
+
+    k = sum(sizes)
+    d = _data(c, k)
+    ax = 1 if c.get("axis") == 1 else -1
+    lo = sum(sizes[:rank])
+    idx = torch.arange(lo, lo + sizes[rank])
+
+    def local(a: Any) -> Any:
+        return None if a is None else a.index_select(ax, idx).clone()
+
+    kw = _keywords(c)
+    fn = ls_xp.kl_divergence if c.get("kl") else ls_xp.cross_entropy
+    xr = d["x"].clone().requires_grad_()
+    ref = fn(xr, d["y"], c["eps"], weight=d["w"], where=d["m"], **kw)
+    (ref * d["up"]).sum().backward() if c["reduction"] == "none" else ref.backward()
+
+    xl = local(d["x"]).requires_grad_()
+    y = local(d["y"]) if c.get("soft") else d["y"]
+    w = d["w"] if c["weight"] != "shard" else d["w"].index_select(0, idx)
+    count.take()
+    if c.get("kl"):
+        from ls_xp.torch._parallel import sharded_loss
+        from ls_xp._validate import options
+
+        loss = sharded_loss(xl, y, c["eps"], w, local(d["m"]), options(**kw), None, kl=True)
+    else:
+        loss = vocab_parallel_cross_entropy(xl, y, c["eps"], weight=w, where=local(d["m"]), **kw)
+    fwd = count.take()
+    (loss * d["up"]).sum().backward() if c["reduction"] == "none" else loss.backward()
+    bwd = [call for call in count.take() if call[0] != "all_reduce" or c["reduction"] != "none"]
+    assert xl.grad is not None and xr.grad is not None
+    return dict(
+        loss=_rel(loss.detach(), ref.detach()),
+        grad=_rel(xl.grad, xr.grad.index_select(ax, idx)),
+        fwd=fwd,
+        bwd=bwd,
+    )
+
+
+def cases_worker(rank: int, world: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    count = _Count()
+    return [_one_case(rank, SIZES[world], c, count) for c in cases]
+
+
+@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda r: f"R={r}")
+def world_results(request: pytest.FixtureRequest) -> tuple[int, list[dict[str, Any]], list[Any]]:
+    cases = case_list()
+    out = run_ranks(request.param, cases_worker, (cases,), timeout=TIMEOUT)
+    for r, res in enumerate(out):
+        assert "ok" in res, f"rank {r}: {res.get('error')}\n{res.get('trace')}"
+    return request.param, cases, [res["ok"] for res in out]
+
+
+def test_equal_to_the_unsharded_loss_and_gradient(world_results):
+    world, cases, per_rank = world_results
+    bad = []
+    for i, c in enumerate(cases):
+        tol = TOL[c.get("dtype", "float64")]
+        for r in range(world):
+            got = per_rank[r][i]
+            if not (got["loss"] <= tol and got["grad"] <= tol):
+                bad.append((r, c, got["loss"], got["grad"]))
+    assert not bad, bad[:5]
+
+
+def test_collectives_per_call(world_results):
+    """Forward: one all-gather of 6 integers (the checks), at most one MAX (none with
+    log-probabilities) and one SUM, each of O(N) elements; backward: none."""
+    world, cases, per_rank = world_results
+    for i, c in enumerate(cases):
+        n_rows = 6
+        for r in range(world):
+            fwd, bwd = per_rank[r][i]["fwd"], per_rank[r][i]["bwd"]
+            assert [name for name, _ in fwd] == ["all_gather"] + ["all_reduce"] * (1 if c.get("log_probs") else 2)
+            assert fwd[0][1] == 6
+            assert all(size <= 8 * n_rows for _, size in fwd[1:]), fwd  # O(N): a few columns, never N x K
+            assert bwd == [], bwd
