@@ -20,6 +20,7 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed without the gloo backend", allow_module_level=True)
 
 import ls_xp  # noqa: E402
+import ls_xp.torch  # noqa: E402
 from ls_xp._tools.bench_ranks import run_ranks  # noqa: E402
 
 SIZES = {2: [4, 6], 3: [3, 3, 4], 4: [2, 3, 1, 4]}  # uneven slices of K = 10 classes
@@ -41,7 +42,9 @@ def case_list() -> list[dict[str, Any]]:
         out.append(dict(eps=eps, convention=conv, reduction=red, weight=w, where=m))
     for red, w in itertools.product(["mean", "none"], [None, "shard"]):
         out.append(dict(eps=0.1, convention="others", reduction=red, weight=w, where=True, soft=True))
-        out.append(dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, soft=True, kl=True))
+        out.append(
+            dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, soft=True, kl=True)
+        )
         out.append(dict(eps=0.1, convention="others", reduction=red, weight=w, where=True, log_probs=True))
         out.append(dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, kl=True))
         out.append(dict(eps=0.2, convention="uniform", reduction=red, weight=w, where=True, axis=1))
@@ -138,8 +141,8 @@ def _one_case(rank: int, sizes: list[int], c: dict[str, Any], count: _Count) -> 
     w = d["w"] if c["weight"] != "shard" else d["w"].index_select(0, idx)
     count.take()
     if c.get("kl"):
-        from ls_xp.torch._parallel import sharded_loss
         from ls_xp._validate import options
+        from ls_xp.torch._parallel import sharded_loss
 
         loss = sharded_loss(xl, y, c["eps"], w, local(d["m"]), options(**kw), None, kl=True)
     else:
@@ -156,22 +159,115 @@ def _one_case(rank: int, sizes: list[int], c: dict[str, Any], count: _Count) -> 
     )
 
 
-def cases_worker(rank: int, world: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _linear_case(rank: int, sizes: list[int], red: str, count: _Count) -> dict[str, Any]:
+    """The fused head against the unfused loss of the whole classifier."""
+    from ls_xp.torch import vocab_parallel_linear_cross_entropy
+
+    rng = np.random.default_rng(3)
+    n, dim, k = 7, 5, sum(sizes)
+    h, cls = (torch.from_numpy(rng.standard_normal(s)) for s in ((n, dim), (k, dim)))
+    b, w = torch.from_numpy(rng.standard_normal(k)), torch.from_numpy(rng.random(k) + 0.5)
+    y = torch.from_numpy(rng.integers(0, k, n))
+    y[1] = -100
+    up = torch.from_numpy(rng.random(n) + 0.5)
+    sl = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    hr, cr, br = (a.clone().requires_grad_() for a in (h, cls, b))
+    ref = ls_xp.cross_entropy(hr @ cr.T + br, y, 0.1, weight=w, reduction=red, convention="others")
+    (ref * up).sum().backward() if red == "none" else ref.backward()
+    hl, cl, bl = (a.clone().requires_grad_() for a in (h, cls[sl], b[sl]))
+    count.take()
+    loss = vocab_parallel_linear_cross_entropy(
+        hl, cl, y, 0.1, bias=bl, weight=w, reduction=red, convention="others", chunk_size=3
+    )
+    fwd = count.take()
+    (loss * up).sum().backward() if red == "none" else loss.backward()
+    bwd = count.take()
+    errs = [_rel(loss.detach(), ref.detach()), _rel(hl.grad, hr.grad), _rel(cl.grad, cr.grad[sl])]
+    return dict(err=max([*errs, _rel(bl.grad, br.grad[sl])]), fwd=fwd, bwd=bwd)
+
+
+def cases_worker(rank: int, world: int, cases: list[dict[str, Any]]) -> dict[str, Any]:
     count = _Count()
-    return [_one_case(rank, SIZES[world], c, count) for c in cases]
+    return dict(
+        cases=[_one_case(rank, SIZES[world], c, count) for c in cases],
+        linear=[_linear_case(rank, SIZES[world], red, count) for red in ("mean", "sum", "none")],
+        dtensor=_dtensor_cases(rank, world),
+    )
+
+
+def _dtensor_cases(rank: int, world: int) -> list[Any]:
+    """DTensor logits, Shard(1) (classes, torch.chunk's uneven split) and Shard(0) (rows):
+    (what, error, the gradient's placement)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((2 * world, 10)) * 2)
+    y = torch.from_numpy(rng.integers(0, 10, 2 * world))
+    y[0] = -100
+    w = torch.from_numpy(rng.random(10) + 0.5)
+    out = []
+    placements = [
+        (Shard(1), "mean", False), (Shard(1), "none", True), (Shard(0), "mean", False),
+        (Shard(0), "sum", False), (Shard(0), "none", False), (Replicate(), "sum", False),
+    ]  # fmt: skip
+    for place, red, kl in placements:
+        fn = ls_xp.kl_divergence if kl else ls_xp.cross_entropy
+        xr = x.clone().requires_grad_()
+        ref = fn(xr, y, 0.1, weight=w, reduction=red)
+        ref.sum().backward()
+        dx = distribute_tensor(x.clone(), mesh, [place]).requires_grad_()
+        loss = fn(dx, y, 0.1, weight=w, reduction=red)
+        loss.sum().backward() if red == "none" else loss.backward()
+        full = loss.full_tensor().detach()
+        g = dx.grad.full_tensor()
+        out.append(
+            (str(place), red, max(_rel(full, ref.detach()), _rel(g, xr.grad)), dx.grad.placements[0] == place)
+        )
+    mod = ls_xp.torch.CrossEntropyLoss(label_smoothing=0.1)
+    dx = distribute_tensor(x.clone(), mesh, [Shard(1)]).requires_grad_()
+    mod(dx, y).backward()
+    out.append(
+        ("module", "mean", _rel(mod(dx, y).full_tensor().detach(), ls_xp.cross_entropy(x, y, 0.1)), True)
+    )
+    loss, grad = ls_xp.loss_and_grad(distribute_tensor(x.clone(), mesh, [Shard(1)]), y, 0.1)
+    xr = x.clone().requires_grad_()
+    ls_xp.cross_entropy(xr, y, 0.1).backward()
+    out.append(("loss_and_grad", "mean", _rel(grad.full_tensor(), xr.grad), grad.placements[0] == Shard(1)))
+    return out
 
 
 @pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda r: f"R={r}")
 def world_results(request: pytest.FixtureRequest) -> tuple[int, list[dict[str, Any]], list[Any]]:
     cases = case_list()
     out = run_ranks(request.param, cases_worker, (cases,), timeout=TIMEOUT)
-    for r, res in enumerate(out):
-        assert "ok" in res, f"rank {r}: {res.get('error')}\n{res.get('trace')}"
+    errors = [f"rank {r}: {res['error']}\n{res['trace']}" for r, res in enumerate(out) if "ok" not in res]
+    assert not errors, "\n".join(e for e in errors if "Connection reset" not in e) or errors[0]
     return request.param, cases, [res["ok"] for res in out]
+
+
+def test_equal_to_the_unsharded_fused_head(world_results):
+    """Forward: the checks' all-gather, MAX, SUM; backward: one all-reduce of N x D."""
+    world, _, per_rank = world_results
+    for r in range(world):
+        for got in per_rank[r]["linear"]:
+            assert got["err"] <= 1e-12, got
+            assert [name for name, _ in got["fwd"]] == ["all_gather", "all_reduce", "all_reduce"]
+            assert got["bwd"] == [("all_reduce", 7 * 5)]
+
+
+def test_dtensor_logits(world_results):
+    world, _, per_rank = world_results
+    for r in range(world):
+        for what, red, err, same_placement in per_rank[r]["dtensor"]:
+            assert err <= 1e-12, (what, red, err)
+            assert same_placement, (what, "the gradient is not placed like the logits")
 
 
 def test_equal_to_the_unsharded_loss_and_gradient(world_results):
     world, cases, per_rank = world_results
+    per_rank = [p["cases"] for p in per_rank]
     bad = []
     for i, c in enumerate(cases):
         tol = TOL[c.get("dtype", "float64")]
@@ -186,11 +282,51 @@ def test_collectives_per_call(world_results):
     """Forward: one all-gather of 6 integers (the checks), at most one MAX (none with
     log-probabilities) and one SUM, each of O(N) elements; backward: none."""
     world, cases, per_rank = world_results
+    per_rank = [p["cases"] for p in per_rank]
     for i, c in enumerate(cases):
         n_rows = 6
         for r in range(world):
             fwd, bwd = per_rank[r][i]["fwd"], per_rank[r][i]["bwd"]
-            assert [name for name, _ in fwd] == ["all_gather"] + ["all_reduce"] * (1 if c.get("log_probs") else 2)
+            assert [name for name, _ in fwd] == ["all_gather"] + ["all_reduce"] * (
+                1 if c.get("log_probs") else 2
+            )
             assert fwd[0][1] == 6
             assert all(size <= 8 * n_rows for _, size in fwd[1:]), fwd  # O(N): a few columns, never N x K
             assert bwd == [], bwd
+
+
+def errors_worker(rank: int, world: int) -> list[str]:
+    """Bad calls, each wrong on one rank or on all: every rank must raise, none may hang."""
+    from ls_xp.torch import vocab_parallel_cross_entropy as vce
+
+    x = torch.zeros(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    good_where = torch.ones(4, 5, dtype=torch.bool)
+    calls = {
+        "where on one rank": lambda: vce(x, y, 0.1, where=good_where if rank == 0 else good_where[:, :2]),
+        "rows": lambda: vce(torch.zeros(4 + rank, 5), torch.zeros(4 + rank, dtype=torch.int64), 0.1),
+        "range": lambda: vce(x, torch.tensor([0, 1, 2, 5 * world]), 0.1),
+        "weight": lambda: vce(x, y, 0.1, weight=torch.ones(7)),
+        "masked target": lambda: vce(x, y, 0.1, where=good_where.clone().fill_(rank != 0)),
+        "smoothing": lambda: vce(x, y, 1.5),
+    }
+    out = []
+    for what, call in calls.items():
+        try:
+            call()
+            out.append(f"{what}: no error")
+        except (ValueError, TypeError) as exc:
+            out.append(f"{what}: {exc}")
+    return out
+
+
+def test_errors_on_every_rank_without_a_hang():
+    out = run_ranks(2, errors_worker, timeout=120.0)
+    assert all("ok" in res for res in out), out
+    r0, r1 = out[0]["ok"], out[1]["ok"]
+    same = ["rank 1 has 5 rows", "outside [0, 10)", "weight has lengths", "masked out by where"]
+    same.append("smoothing must be in")
+    expect = {0: ["rank(s) [1] rejected", *same], 1: ["where must be a boolean mask", *same]}
+    for got, want in ((r0, expect[0]), (r1, expect[1])):
+        for line, fragment in zip(got, want, strict=True):
+            assert fragment in line, (line, fragment)

@@ -19,6 +19,7 @@ from ls_xp._adapters import Adapter
 from ls_xp._validate import Options
 from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_grad, requires_grad
 from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
+from ls_xp.torch._dtensor import is_dtensor
 from ls_xp.torch._ops import compiled_linear_loss, compiled_loss
 
 Tensor = torch.Tensor
@@ -58,6 +59,10 @@ class TorchAdapter(Adapter):
     ) -> Any:
         """The loss (``(loss, aux)`` with ``opts.return_aux``): an autograd Function where an
         input requires grad, the custom operator inside compilers, else the core."""
+        if is_dtensor(logits):  # sharded logits: the vocabulary-parallel loss (ls_xp.torch._dtensor)
+            from ls_xp.torch._dtensor import dtensor_loss
+
+            return dtensor_loss(logits, target, smoothing, weight, where, opts, kl=kl)
         target, weight = as_tensor(logits, target, "target"), as_tensor(logits, weight, "weight")
         where = as_tensor(logits, where, "where")
         float_loss = _float_loss(logits)
@@ -97,6 +102,11 @@ class TorchAdapter(Adapter):
     ) -> tuple[Tensor | None, Tensor, Any]:
         """Loss, gradient and the statistics (``return_aux``) without recording a graph,
         with PyTorch's blocks."""
+        if is_dtensor(logits):
+            from ls_xp.torch._dtensor import dtensor_values
+
+            loss, grad = dtensor_values(logits, target, smoothing, weight, where, opts)
+            return loss, grad, None
         with torch.no_grad():
             res = evaluate(
                 logits, target, smoothing, weight, where, blocked(logits, opts), _VALUES[want_loss]

@@ -94,9 +94,12 @@ def dtensor_loss(
         return DTensor.from_local(fn(local, opts.reduction), mesh, [Replicate()], run_check=False)
     assert isinstance(p, Shard)
     d = p.dim % logits.ndim
+    target, where = _my_rows(target, logits, d, ax), _my_rows(where, logits, d, ax)
     if opts.reduction == "none":
         rows = fn(local, "none")
-        return DTensor.from_local(rows, mesh, [Shard(d if d < ax else d - 1)], run_check=False)
+        shape = torch.Size(s for i, s in enumerate(logits.shape) if i != ax)
+        place = [Shard(d if d < ax else d - 1)]
+        return DTensor.from_local(rows, mesh, place, run_check=False, shape=shape, stride=_contiguous(shape))
     part = fn(local, "sum")
     return DTensor.from_local(_batch_total(part, local, target, weight, opts, ax, mesh), mesh, [Replicate()])
 
@@ -124,6 +127,21 @@ def _batch_total(
     return total / both[1] if float(both[1]) != 0 else total * float("nan")
 
 
+def _my_rows(a: Any, logits: Any, d: int, ax: int) -> Any:
+    """A replicated per-position argument cut to this rank's rows (``torch.chunk``'s split,
+    DTensor's own); one already the local rows' size passes."""
+    if a is None:
+        return a
+    a = torch.as_tensor(a, device=logits.to_local().device)
+    dim = d if a.ndim == logits.ndim or d < ax else d - 1
+    if a.shape[dim] != logits.shape[d]:
+        return a  # (already this rank's rows)
+    world = logits.device_mesh.size()
+    parts = torch.chunk(a, world, dim)
+    rank = logits.device_mesh.get_local_rank()
+    return parts[rank] if rank < len(parts) else a.narrow(dim, 0, 0)
+
+
 def dtensor_values(
     logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options
 ) -> tuple[Any, Any]:
@@ -146,8 +164,19 @@ def dtensor_values(
     loss, g = sharded_values(logits.to_local(), target, smoothing, weight, where, opts, mesh.get_group())
     return (
         DTensor.from_local(loss, mesh, [Replicate()], run_check=False),
-        DTensor.from_local(g, mesh, [p], run_check=False),
+        DTensor.from_local(
+            g, mesh, [p], run_check=False, shape=logits.shape, stride=_contiguous(logits.shape)
+        ),
     )
+
+
+def _contiguous(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape`` (a DTensor's global layout)."""
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(size), 1)
+    return tuple(reversed(strides))
 
 
 def _refuse_llm_options(opts: v.Options) -> None:
