@@ -65,7 +65,7 @@ class Setting:
     soft: bool  # probability targets, sharded like the logits
     dtype: Any  # the compute dtype
     num_classes: int  # K, the global class count
-    offset: int  # this rank's first class
+    offset: Any  # this rank's first class (an int; a traced index inside shard_map)
     reduction: str
     ignore_index: int
     sharded_weight: bool  # the class weights are this rank's slice (else the replicated K)

@@ -17,4 +17,15 @@ arrays (and tracers) and route them to this package's adapter (``_adapter``).
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import Any
+
+__all__ = ["vocab_parallel_cross_entropy"]  # (inside jax.shard_map: ls_xp.jax._parallel)
+
+
+def __getattr__(name: str) -> Any:
+    """``ls_xp.jax.vocab_parallel_cross_entropy``, imported on first use."""
+    if name == "vocab_parallel_cross_entropy":
+        from ls_xp.jax._parallel import vocab_parallel_cross_entropy
+
+        return vocab_parallel_cross_entropy
+    raise AttributeError(f"module 'ls_xp.jax' has no attribute {name!r}")
