@@ -104,10 +104,12 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             for sl in p.blocks():
                 rows = p.rows(sl)
                 loc, glob = vpr.local_cut(stats.loc, sl), stats.glob.cut(sl)
+                # the cotangent folded into the row factors (no second block-sized array)
+                scale = up[sl].to(dt)[:, None] if p.st.reduction == "none" else up.to(dt)
+                glob = glob._replace(factor=glob.factor * scale)
                 pk = vpr.picks(torch_xp, sl.stop - sl.start, k, False, p.w.device)
                 e = vp.exp_block(torch_xp, rows, loc.m_r, loc.top, pk)
                 g = vp.grad_block(torch_xp, p.st, e, rows, loc, glob, pk)
-                g = g * (up[sl].to(dt)[:, None] if p.st.reduction == "none" else up.to(dt))
                 gh[sl] = g @ p.w.to(dt)
                 gw += g.T @ p.hidden[sl].to(dt)
                 if gb is not None:
@@ -171,7 +173,8 @@ def vocab_parallel_linear_cross_entropy(
     eps = float(v.check_smoothing(None, smoothing))
     st = setting(shape_only, lay, eps, opts, False, False, hidden.device.type == "cpu")
     plan = "cpu" if hidden.device.type == "cpu" else "accelerator"
-    step = chunk_size or _linear.default_block_rows(k, plan)
+    # the rows of a block of the whole problem: each rank holds its share of that block
+    step = chunk_size or _linear.default_block_rows(lay.num_classes, plan)
     coll = _LinearCollectives(group)
     COUNTER[:] = [coll]
     p = _Problem(
