@@ -144,3 +144,21 @@ def test_gspmd_keeps_the_logits_and_their_gradient_sharded(findings):
     g = findings["gspmd"]
     assert g["big"] == 0, g  # no collective of an N x K array (or of a quarter of one)
     assert g["sharded"], g
+
+
+def test_shard_map_example_trains():
+    """examples/train_jax_shard_map.py in a fresh Python (it asks for 2 emulated devices)."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_jax_shard_map.py"
+    if not script.exists():
+        pytest.skip("examples/ is not next to the tests")
+    env = {k: val for k, val in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r"loss (\d+\.\d+)", proc.stdout)]
+    assert "(2 devices)" in proc.stdout and losses[-1] < 0.6 * losses[0], proc.stdout

@@ -63,6 +63,7 @@ class Layout:
     num_classes: int  # K
     sizes: tuple[int, ...]  # every rank's class count
     sharded_weight: bool
+    eps: float  # the smoothing, checked with the other local arguments
 
 
 _FIELDS = 6  # rows, classes, min target, max target, weight length, local error
@@ -86,7 +87,8 @@ def _local_facts(
 def _check_local(
     logits: Tensor, target: Tensor, weight: Tensor | None, where: Tensor | None, ax: int, soft: bool
 ) -> None:
-    """Every check that needs no other rank: dtypes and local shapes."""
+    """Every check that needs no other rank: dtypes and local shapes (and the smoothing,
+    checked by the caller in the same place)."""
     v.check_floating(torch_xp, logits, "local_logits")
     batch = tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1 :])
     if soft:
@@ -117,11 +119,16 @@ def layout(
     opts: v.Options,
     group: Any,
     soft: bool,
+    smoothing: Any = 0.0,
 ) -> Layout:
     """The local checks, then the one all-gather of facts, then the checks that need
     every rank's: the same decision on every rank."""
     error: BaseException | None = None
+    eps = 0.0
     try:
+        if isinstance(smoothing, Tensor) and smoothing.requires_grad:
+            raise ValueError("smoothing must be a number here (its derivative is not implemented on shards)")
+        eps = float(v.check_smoothing(None, smoothing))
         _check_local(logits, target, weight, where, ax, soft)
         facts = _local_facts(logits, target, weight, ax, opts, soft)
     except (TypeError, ValueError) as exc:
@@ -140,10 +147,10 @@ def layout(
             f"vocab_parallel_cross_entropy: rank(s) {failed} rejected their arguments (see the error "
             f"there); rank {rank} stops too, before any collective"
         )
-    return _global_checks(table, rank, opts, soft)
+    return _global_checks(table, rank, opts, soft, eps)
 
 
-def _global_checks(table: list[list[int]], rank: int, opts: v.Options, soft: bool) -> Layout:
+def _global_checks(table: list[list[int]], rank: int, opts: v.Options, soft: bool, eps: float) -> Layout:
     rows = [t[0] for t in table]
     sizes = tuple(t[1] for t in table)
     for r, n in enumerate(rows):
@@ -171,7 +178,7 @@ def _global_checks(table: list[list[int]], rank: int, opts: v.Options, soft: boo
         )
     sharded = sharded and lengths[0] >= 0 and not all(w == k_total for w in lengths)
     offset = sum(sizes[:rank])
-    return Layout(rank, offset, k_total, sizes, sharded)
+    return Layout(rank, offset, k_total, sizes, sharded, eps)
 
 
 def setting(
@@ -238,15 +245,12 @@ def _prepare(
     v.check_logits(logits, "local_logits")
     target, weight, where = v.inputs_like(torch_xp, logits.device, target, weight, where)
     ax = v.check_axis(opts.axis, logits.ndim)
-    if isinstance(smoothing, Tensor) and smoothing.requires_grad:
-        raise ValueError("smoothing must be a number here (a derivative in it is not implemented on shards)")
-    eps = float(v.check_smoothing(None, smoothing))
     soft = target.dtype.is_floating_point and tuple(target.shape) == tuple(logits.shape)
     if soft and opts.ignore_index >= 0:
         raise ValueError(f"ignore_index={opts.ignore_index} is not supported with probability targets")
-    lay = layout(logits, target, weight, where, ax, opts, group, soft)
+    lay = layout(logits, target, weight, where, ax, opts, group, soft, smoothing)
     read = opts.check_values is not False and logits.device.type == "cpu"
-    st = setting(logits, lay, eps, opts, kl, soft, read)
+    st = setting(logits, lay, lay.eps, opts, kl, soft, read)
     with torch.no_grad():
         rows = vp.prepare(torch_xp, st, logits.detach(), target, weight, where, ax)
     return st, rows, ax, lay

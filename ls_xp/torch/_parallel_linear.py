@@ -169,9 +169,8 @@ def vocab_parallel_linear_cross_entropy(
     h = hidden.reshape(-1, hidden.shape[-1])
     k = local_classifier.shape[0]
     shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(*hidden.shape[:-1], k)
-    lay = layout(shape_only, target, weight, None, shape_only.ndim - 1, opts, group, False)
-    eps = float(v.check_smoothing(None, smoothing))
-    st = setting(shape_only, lay, eps, opts, False, False, hidden.device.type == "cpu")
+    lay = layout(shape_only, target, weight, None, shape_only.ndim - 1, opts, group, False, smoothing)
+    st = setting(shape_only, lay, lay.eps, opts, False, False, hidden.device.type == "cpu")
     plan = "cpu" if hidden.device.type == "cpu" else "accelerator"
     # the rows of a block of the whole problem: each rank holds its share of that block
     step = chunk_size or _linear.default_block_rows(lay.num_classes, plan)
