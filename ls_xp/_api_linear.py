@@ -104,7 +104,8 @@ def linear_cross_entropy(
     Raises
     ------
     TypeError
-        A parameter of the wrong kind, or arrays of different libraries or dtypes,
+        A parameter of the wrong kind, arrays of two different libraries, or a
+        non-floating ``classifier``,
         naming the argument.
     ValueError
         A shape that does not fit (``classifier`` not (V, D), ``target`` not

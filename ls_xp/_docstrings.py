@@ -49,7 +49,8 @@ SHARED_DOC = """
         bit for bit. See "workers" in the parameters guide.
     check_values : bool, optional
         Whether values are read back to raise on bad ones; by default yes on host arrays,
-        no on accelerators (NaN there). See "check_values" in the parameters guide.    z_loss : float
+        no on accelerators (NaN there). See "check_values" in the parameters guide.
+    z_loss : float
         Adds ``z_loss * lse**2`` per counted position (PaLM's z-loss, lse of the
         softcapped logits); under ``"mean"`` divided by the number of counted positions,
         also with class weights (Liger-Kernel's definition). Default 0. See "z_loss" in
@@ -109,8 +110,9 @@ LINEAR_DOC = """
         classifier layer (one row per position; any leading batch dimensions).
     classifier : array
         The classifier's weight, shape (V, D): ``torch.nn.Linear.weight``'s layout, and
-        that of an embedding matrix tied to the output. Same library, device and dtype
-        as ``hidden``.
+        that of an embedding matrix tied to the output. Same library and device as
+        ``hidden``; another float dtype is promoted with it, as ``hidden @ classifier.T``
+        promotes them.
     target : array
         Integer class indices of shape ``hidden.shape[:-1]``. (Probability targets
         would need an N x V array, which this function exists to avoid: use

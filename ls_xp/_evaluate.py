@@ -185,7 +185,8 @@ def _assemble(
                 accuracy = accuracy if rows.count else accuracy * math.nan
             else:
                 accuracy = xp.where(rows.count != 0, accuracy, math.nan)
-        zero = xp.zeros((), dtype=dt, device=get_device(logits))
+        shape_z = batch_shape if opts.reduction == "none" else ()
+        zero = xp.zeros(shape_z, dtype=dt, device=get_device(logits))
         aux = Aux(
             lse=astype(xp, xp.reshape(lse, batch_shape), dt),
             z_loss=zero if z_term is None else z_term,

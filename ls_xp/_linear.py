@@ -436,7 +436,9 @@ def _cut(p: Problem, res: LinearResult) -> LinearResult:
     none = p.reduction == "none"
     aux = res.aux
     if aux is not None:
-        aux = aux._replace(lse=cut(aux.lse), accuracy=cut(aux.accuracy) if none else aux.accuracy)
+        aux = aux._replace(lse=cut(aux.lse))
+        if none:
+            aux = aux._replace(accuracy=cut(aux.accuracy), z_loss=cut(aux.z_loss))
     if not none:
         return res._replace(aux=aux)
     return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)

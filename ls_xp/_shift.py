@@ -69,7 +69,9 @@ class Shift(NamedTuple):
 
         aux, per_position = res.aux, opts.reduction == "none"
         if aux is not None:  # (lse is per position whatever the reduction)
-            aux = aux._replace(lse=cut(aux.lse), accuracy=cut(aux.accuracy) if per_position else aux.accuracy)
+            aux = aux._replace(lse=cut(aux.lse))
+            if per_position:
+                aux = aux._replace(accuracy=cut(aux.accuracy), z_loss=cut(aux.z_loss))
         if not per_position:
             return res._replace(aux=aux)
         return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)

@@ -243,3 +243,15 @@ def test_half_precision_head_accumulates_in_float32(rng):
 def test_bad_accum_dtype_names_the_argument(rng):
     with pytest.raises(TypeError, match=r"accum_dtype must be a real floating dtype .* got 'float'"):
         ls_xp.linear_cross_entropy(np.ones((2, 3)), np.ones((4, 3)), np.array([0, 1]), accum_dtype="float")
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
+@pytest.mark.parametrize("fused", [False, True])
+def test_aux_fields_of_none_have_the_losses_shape(rng, z_loss, fused):
+    x, y = rng.normal(size=(2, 5, 4)), rng.integers(0, 4, (2, 5))
+    kw = dict(shift=1, reduction="none", z_loss=z_loss, return_aux=True)
+    if fused:
+        loss, aux = ls_xp.linear_cross_entropy(x, rng.normal(size=(6, 4)), y, 0.1, **kw)
+    else:
+        loss, aux = ls_xp.cross_entropy(x, y, 0.1, **kw)
+    assert loss.shape == aux.lse.shape == aux.z_loss.shape == aux.accuracy.shape == (2, 4)
