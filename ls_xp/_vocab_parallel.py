@@ -85,10 +85,20 @@ class Rows(NamedTuple):
     m: Array | None  # allowed classes (n, k)
     w: Array | None  # the local class weights (k,)
     w_y: Array | None  # w[y] from replicated weights, (n, 1)
+    guard: bool = False  # ignored rows present: each block replaces their logits by 0
 
     def cut(self, sl: slice) -> Rows:
         """The rows ``sl`` of every per-row field (the class weights are shared)."""
-        return Rows(*(a if a is None or a is self.w else a[sl, ...] for a in self))
+        return Rows(*(a if a is None or a is self.w or isinstance(a, bool) else a[sl, ...] for a in self))
+
+    def guarded(self, xp: ModuleType, logits: bool = True) -> Rows:
+        """A block with its ignored rows harmless: logits 0 and every class allowed (so that
+        they add exactly 0 whatever they hold), done block by block, not on a whole copy."""
+        if not self.guard:
+            return self
+        assert self.valid is not None
+        m = self.m if self.m is None else self.m | ~self.valid
+        return self._replace(x=xp.where(self.valid, self.x, 0.0) if logits else self.x, m=m, guard=False)
 
 
 def prepare(
@@ -116,10 +126,8 @@ def prepare(
     own = valid & ok & (loc >= 0) & (loc < k)
     y_loc = xp.minimum(xp.maximum(loc, 0), k - 1)
     w_y = None if w_full is None or st.sharded_weight else take_class(xp, w_full, y)
-    if not st.read or bool(xp.any(~valid)):
-        x = xp.where(valid, x, 0.0)  # ignored rows may hold anything: they add exactly 0
-        m = m if m is None else m | ~valid
-    return Rows(x, y, y_loc, own, None, valid, ok, m, w, w_y)
+    guard = not st.read or bool(xp.any(~valid))  # ignored rows may hold anything (Rows.guarded)
+    return Rows(x, y, y_loc, own, None, valid, ok, m, w, w_y, guard)
 
 
 class Local(NamedTuple):
@@ -148,6 +156,7 @@ def _row_sum(xp: ModuleType, a: Array) -> Array:
 def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Local, Array | None]:
     """Step 1 for a block of rows: the rank's statistics relative to its own maximum m_r,
     and e = exp(x - m_r) with 0 at the first local maximum (None with log_probs)."""
+    rows = rows.guarded(xp)
     x, m = rows.x, rows.m
     cw = _masked_weights(xp, st, rows)
     xm = x if m is None else xp.where(m, x, -math.inf)
@@ -378,6 +387,7 @@ def grad_block(
 ) -> Array:
     """Step 5, local: g_c = (Q p_c - w_c q_c) r for a block, in place in ``e`` where it
     is writeable; the closed form at a first maximum with z = 0."""
+    rows = rows.guarded(xp, logits=False)
     cw = _masked_weights(xp, st, rows)
     r = glob.factor
     neg_on: Array | float = 0.0
@@ -449,6 +459,7 @@ def _index_top(
 
 def exp_block(xp: ModuleType, rows: Rows, m_r: Array, top: Array, pk: Picks) -> Array:
     """e = exp(x - m_r) with 0 at the first local maximum (the fused head recomputes it)."""
+    rows = rows.guarded(xp)
     xm = rows.x if rows.m is None else xp.where(rows.m, rows.x, -math.inf)
     e = xp.exp(xm - xp.where(m_r == -math.inf, 0.0, m_r))
     return put_per_row(xp, e, at(pk, top), 0.0, add=False, inplace=not pk.dense)

@@ -71,6 +71,8 @@ def _data(c: dict[str, Any], k: int) -> dict[str, Any]:
         m[torch.arange(n), y.clamp(0, k - 1)] = True
     if c.get("soft"):
         y = torch.from_numpy(rng.dirichlet(np.ones(k), n)).to(dt)
+    elif not c.get("log_probs"):
+        x[2] = float("inf")  # an ignored row may hold anything
     if c.get("log_probs"):
         x = torch.log_softmax(x if m is None else x.masked_fill(~m, -1e30), -1)
     w = None if c["weight"] is None else torch.from_numpy(rng.random(k) + 0.5).to(dt)
