@@ -245,7 +245,7 @@ def class_indices(
     raises where values may be ``read``; elsewhere its rows become NaN downstream.
     (Clipping both finds the indices out of range and makes them safe.)"""
     valid = y != ignore_index
-    safe = xp.minimum(xp.maximum(y, 0), num_classes - 1)  # (a clip without the wrapper's checks)
+    safe = xp.clip(y, 0, num_classes - 1)
     ok = safe == y
     if read and v.any_true(xp, valid & ~ok):
         value = v.first_value(xp, y, valid & ~ok)
