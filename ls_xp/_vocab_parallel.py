@@ -86,10 +86,11 @@ class Rows(NamedTuple):
     w: Array | None  # the local class weights (k,)
     w_y: Array | None  # w[y] from replicated weights, (n, 1)
     guard: bool = False  # ignored rows present: each block replaces their logits by 0
+    owned: bool = False  # x is a temporary of ours (the fused head's block): written in place
 
     def cut(self, sl: slice) -> Rows:
         """The rows ``sl`` of every per-row field (the class weights are shared)."""
-        return Rows(*(a if a is None or a is self.w or isinstance(a, bool) else a[sl, ...] for a in self))
+        return Rows._make(a if a is None or a is self.w or isinstance(a, bool) else a[sl, ...] for a in self)
 
     def guarded(self, xp: ModuleType, logits: bool = True) -> Rows:
         """A block with its ignored rows harmless: logits 0 and every class allowed (so that
@@ -98,7 +99,19 @@ class Rows(NamedTuple):
             return self
         assert self.valid is not None
         m = self.m if self.m is None else self.m | ~self.valid
-        return self._replace(x=xp.where(self.valid, self.x, 0.0) if logits else self.x, m=m, guard=False)
+        if not logits:
+            return self._replace(m=m, guard=False)
+        return self._replace(x=xp.where(self.valid, self.x, 0.0), m=m, guard=False, owned=True)
+
+
+def _shifted(xp: ModuleType, rows: Rows, xm: Array, m_r: Array) -> Array:
+    """z = xm - m_r (with m_r = 0 where every local class is masked: z = -inf, e = 0), in
+    place where ``xm`` is a temporary (masked, guarded, or the fused head's block)."""
+    shift = xp.where(m_r == -math.inf, 0.0, m_r)
+    if xm is rows.x and not rows.owned:
+        return xm - shift
+    xm -= shift
+    return xm
 
 
 def prepare(
@@ -167,7 +180,7 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
     else:
         m_r = xp.max(xm, axis=-1, keepdims=True)  # -inf where every local class is masked
         top = _first_max(xp, xm, m_r, pk)
-        z = xm - xp.where(m_r == -math.inf, 0.0, m_r)  # (there: z = -inf, e = 0)
+        z = _shifted(xp, rows, xm, m_r)
         e = put_per_row(xp, xp.exp(z), at(pk, top), 0.0, add=False, inplace=not pk.dense)
         s_r = _row_sum(xp, e)
     extra: dict[str, Array] = {}
@@ -190,7 +203,7 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
     if st.eps != 0.0:
         zo = z
         if st.convention == "others":  # sum' leaves the target out: only its owner adjusts
-            zo = _zero_at(xp, z, y_at, rows.own, inplace=not pk.dense and (z is not rows.x))
+            zo = _zero_at(xp, z, y_at, rows.own, inplace=not pk.dense and (z is not rows.x or rows.owned))
         zs_r = _row_sum(xp, weighted(xp, cw, zo))
         sw_shift = _sum_prime_weight(xp, st, rows, cw, pk)
     return Local(m_r, top, s_r, zy_r, zs_r, sw_shift, extra), e
@@ -461,5 +474,5 @@ def exp_block(xp: ModuleType, rows: Rows, m_r: Array, top: Array, pk: Picks) -> 
     """e = exp(x - m_r) with 0 at the first local maximum (the fused head recomputes it)."""
     rows = rows.guarded(xp)
     xm = rows.x if rows.m is None else xp.where(rows.m, rows.x, -math.inf)
-    e = xp.exp(xm - xp.where(m_r == -math.inf, 0.0, m_r))
+    e = xp.exp(_shifted(xp, rows, xm, m_r))
     return put_per_row(xp, e, at(pk, top), 0.0, add=False, inplace=not pk.dense)

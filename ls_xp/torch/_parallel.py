@@ -211,15 +211,22 @@ class _VocabParallelCE(torch.autograd.Function):
         batch = tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1 :])
         ctx.grad = None if g is None else _as_logits(g, logits, ax)
         ctx.none = st.reduction == "none"
+        ctx.used = False
         ctx.ax = ax
         return vpr.reduce_rows(torch_xp, st, stats.glob, batch).to(logits.dtype)
 
     @staticmethod
     def backward(ctx: Any, up: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
-        g = ctx.grad  # (kept: a backward through a retained graph gets it again)
+        g = ctx.grad
         if g is None:
             return None, None, None, None, None, None, None
-        g = g * (up.unsqueeze(ctx.ax) if ctx.none else up).to(g.dtype)
+        if ctx.used:
+            raise RuntimeError(
+                "vocab-parallel loss: a second backward through the same loss is not supported (its "
+                "gradient buffer was handed over to the first); compute the loss again"
+            )
+        ctx.used = True  # the buffer is scaled in place and handed to autograd: no copy
+        g.mul_((up.unsqueeze(ctx.ax) if ctx.none else up).to(g.dtype))
         return g, None, None, None, None, None, None
 
 

@@ -62,8 +62,9 @@ class _Problem:
         """The block's local logits (the only (n_B, k) array) as rows."""
         x = self.hidden[sl] @ self.w.T
         if self.bias is not None:
-            x = x + self.bias
-        return vp.prepare(torch_xp, self.st, x, self.y[sl], self.weight, None, 1)
+            x += self.bias
+        rows = vp.prepare(torch_xp, self.st, x, self.y[sl], self.weight, None, 1)
+        return rows._replace(owned=rows.x is x)  # (ours: shifted in place)
 
 
 def _joined(parts: list[vp.Rows], p: _Problem) -> vp.Rows:
@@ -110,8 +111,8 @@ class _VocabParallelLinearCE(torch.autograd.Function):
                 pk = vpr.picks(torch_xp, sl.stop - sl.start, k, False, p.w.device)
                 e = vp.exp_block(torch_xp, rows, loc.m_r, loc.top, pk)
                 g = vp.grad_block(torch_xp, p.st, e, rows, loc, glob, pk)
-                gh[sl] = g @ p.w.to(dt)
-                gw += g.T @ p.hidden[sl].to(dt)
+                torch.mm(g, p.w.to(dt), out=gh[sl])
+                gw.addmm_(g.T, p.hidden[sl].to(dt))  # (in place: no k x D temporary per block)
                 if gb is not None:
                     gb += g.sum(0)
                 del rows, e, g
