@@ -168,12 +168,13 @@ def _row_sum(xp: ModuleType, a: Array) -> Array:
 
 def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Local, Array | None]:
     """Step 1 for a block of rows: the rank's statistics relative to its own maximum m_r,
-    and e = exp(x - m_r) with 0 at the first local maximum (None with log_probs)."""
+    and e = exp(x - m_r) with 0 at the first local maximum (None with log_probs). The
+    statistics of z come first, so that e may then take z's buffer where z is ours."""
     rows = rows.guarded(xp)
     x, m = rows.x, rows.m
     cw = _masked_weights(xp, st, rows)
     xm = x if m is None else xp.where(m, x, -math.inf)
-    e = top = s_r = None
+    top = None
     if st.log_probs:  # z = x (masked classes 0, as in the core), no maximum
         m_r = xp.zeros((x.shape[0], 1), dtype=st.dtype, device=_dev(x))
         z = x if m is None else xp.where(m, x, 0.0)
@@ -181,32 +182,64 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
         m_r = xp.max(xm, axis=-1, keepdims=True)  # -inf where every local class is masked
         top = _first_max(xp, xm, m_r, pk)
         z = _shifted(xp, rows, xm, m_r)
-        e = put_per_row(xp, xp.exp(z), at(pk, top), 0.0, add=False, inplace=not pk.dense)
-        s_r = _row_sum(xp, e)
+    ours = not pk.dense and (z is not x or rows.owned)
     extra: dict[str, Array] = {}
     if m is not None:
         extra["k"] = _row_sum(xp, xp.astype(m, st.dtype))
     if cw is not None:  # S_w, summed over the ranks (replicated weights too: each its slice)
         extra["sw"] = _row_sum(xp, cw) if cw.ndim == 2 else xp.broadcast_to(xp.sum(cw), m_r.shape)
     if st.soft:
-        return _soft_local(xp, st, rows, z, cw, m_r, top, s_r, extra), e
+        loc = _soft_local(xp, st, rows, z, cw, m_r, top, None, extra)
+    else:
+        loc = _index_local(xp, st, rows, z, cw, m_r, top, extra, pk, ours)
+    if st.log_probs:
+        return loc, None
+    assert top is not None
+    e = put_per_row(xp, _exp(xp, z, rows.owned), at(pk, top), 0.0, add=False, inplace=not pk.dense)
+    return loc._replace(s_r=_row_sum(xp, e)), e
+
+
+def _exp(xp: ModuleType, z: Array, inplace: bool) -> Array:
+    """exp(z), in z's own buffer where z is the fused head's block and the library has an
+    in-place exp (PyTorch's ``exp_``; the standard has none): one block-sized array less.
+    (Not for the unfused loss's small cache-sized blocks, where it measured no better.)"""
+    exp_ = getattr(z, "exp_", None) if inplace else None
+    return exp_() if callable(exp_) else xp.exp(z)
+
+
+def _index_local(
+    xp: ModuleType,
+    st: Setting,
+    rows: Rows,
+    z: Array,
+    cw: Array | None,
+    m_r: Array,
+    top: Array | None,
+    extra: dict[str, Array],
+    pk: Picks,
+    ours: bool,
+) -> Local:
+    """Class indices: z_y on the owner, sum'_c w_c z_c (z is left as it was)."""
     assert rows.own is not None and rows.y_loc is not None
     y_at = at(pk, rows.y_loc)
-    zy_r = xp.where(rows.own, take_per_row(xp, z, pk, rows.y_loc), 0.0)
+    z_y = take_per_row(xp, z, pk, rows.y_loc)
+    zy_r = xp.where(rows.own, z_y, 0.0)
     if st.sharded_weight:
         assert rows.w is not None
         extra["wy"] = xp.where(rows.own, take_class(xp, rows.w, rows.y_loc), 0.0)
-    if m is not None:  # the owner says whether the target is allowed
-        allowed = take_per_row(xp, xp.astype(m, st.dtype), pk, rows.y_loc)
+    if rows.m is not None:  # the owner says whether the target is allowed
+        allowed = take_per_row(xp, xp.astype(rows.m, st.dtype), pk, rows.y_loc)
         extra["y_allowed"] = xp.where(rows.own, allowed, 0.0)
     zs_r = sw_shift = None
     if st.eps != 0.0:
         zo = z
         if st.convention == "others":  # sum' leaves the target out: only its owner adjusts
-            zo = _zero_at(xp, z, y_at, rows.own, inplace=not pk.dense and (z is not rows.x or rows.owned))
+            zo = _zero_at(xp, z, y_at, rows.own, inplace=ours)
         zs_r = _row_sum(xp, weighted(xp, cw, zo))
+        if zo is z and st.convention == "others" and isinstance(y_at, tuple):
+            put_per_row(xp, z, y_at, z_y, add=False, inplace=True)  # z_y back (e needs it)
         sw_shift = _sum_prime_weight(xp, st, rows, cw, pk)
-    return Local(m_r, top, s_r, zy_r, zs_r, sw_shift, extra), e
+    return Local(m_r, top, None, zy_r, zs_r, sw_shift, extra)
 
 
 def _first_max(xp: ModuleType, xm: Array, m_r: Array, pk: Picks) -> Array:
@@ -474,5 +507,6 @@ def exp_block(xp: ModuleType, rows: Rows, m_r: Array, top: Array, pk: Picks) -> 
     """e = exp(x - m_r) with 0 at the first local maximum (the fused head recomputes it)."""
     rows = rows.guarded(xp)
     xm = rows.x if rows.m is None else xp.where(rows.m, rows.x, -math.inf)
-    e = xp.exp(_shifted(xp, rows, xm, m_r))
+    z = _shifted(xp, rows, xm, m_r)
+    e = _exp(xp, z, rows.owned and not pk.dense)
     return put_per_row(xp, e, at(pk, top), 0.0, add=False, inplace=not pk.dense)

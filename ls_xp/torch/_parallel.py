@@ -225,7 +225,7 @@ class _VocabParallelCE(torch.autograd.Function):
                 "vocab-parallel loss: a second backward through the same loss is not supported (its "
                 "gradient buffer was handed over to the first); compute the loss again"
             )
-        ctx.used = True  # the buffer is scaled in place and handed to autograd: no copy
+        ctx.used, ctx.grad = True, None  # scaled in place and handed over: autograd takes it, no copy
         g.mul_((up.unsqueeze(ctx.ax) if ctx.none else up).to(g.dtype))
         return g, None, None, None, None, None, None
 
