@@ -237,6 +237,18 @@ def _dtensor_cases(rank: int, world: int) -> list[Any]:
     xr = x.clone().requires_grad_()
     ls_xp.cross_entropy(xr, y, 0.1).backward()
     out.append(("loss_and_grad", "mean", _rel(grad.full_tensor(), xr.grad), grad.placements[0] == Shard(1)))
+    # the fused head with a DTensor classifier, Shard(0) (ColwiseParallel's weight)
+    h = torch.from_numpy(rng.standard_normal((2 * world, 4)))
+    cls = torch.from_numpy(rng.standard_normal((10, 4)))
+    hr, cr = h.clone().requires_grad_(), cls.clone().requires_grad_()
+    ref = ls_xp.cross_entropy(hr @ cr.T, y, 0.1, weight=w)
+    ref.backward()
+    hl, dc = h.clone().requires_grad_(), distribute_tensor(cls.clone(), mesh, [Shard(0)]).requires_grad_()
+    loss = ls_xp.linear_cross_entropy(hl, dc, y, 0.1, weight=w)
+    loss.backward()
+    err = max(_rel(loss.full_tensor().detach(), ref.detach()), _rel(hl.grad, hr.grad))
+    err = max(err, _rel(dc.grad.full_tensor(), cr.grad))
+    out.append(("linear_cross_entropy", "mean", err, dc.grad.placements[0] == Shard(0)))
     return out
 
 

@@ -125,6 +125,10 @@ class TorchAdapter(Adapter):
         opts: Options,
     ) -> Any:
         """The differentiable fused loss (``(loss, aux)`` with ``opts.return_aux``)."""
+        if is_dtensor(classifier):  # a vocabulary-sharded head (ls_xp.torch._dtensor)
+            from ls_xp.torch._dtensor import dtensor_linear_loss
+
+            return dtensor_linear_loss(hidden, classifier, target, smoothing, bias, weight, opts)
         classifier, bias = (
             as_tensor(hidden, classifier, "classifier", "hidden"),
             as_tensor(hidden, bias, "bias", "hidden"),

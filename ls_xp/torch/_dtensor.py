@@ -188,3 +188,34 @@ def _refuse_llm_options(opts: v.Options) -> None:
                 f"{name}={value!r} is not supported with DTensor logits yet; compute the loss of the "
                 "local shards with the keyword, or leave it at its default"
             )
+
+
+def dtensor_linear_loss(
+    hidden: Any, classifier: Any, target: Any, smoothing: Any, bias: Any, weight: Any, opts: v.Options
+) -> Any:
+    """``linear_cross_entropy`` with a classifier DTensor ``Shard(0)`` (its rows, the
+    classes, split over a 1-D mesh) and ``hidden`` replicated: the fused vocabulary-parallel
+    head on the local rows; the loss a ``Replicate()`` DTensor, the classifier's gradient
+    ``Shard(0)``."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    from ls_xp.torch._parallel_linear import vocab_parallel_linear_cross_entropy
+
+    _refuse_llm_options(opts)
+    p = _placement(classifier)
+    if not (isinstance(p, Shard) and p.dim % 2 == 0):
+        raise ValueError(
+            f"classifier is a DTensor with placement {p}; linear_cross_entropy takes Shard(0) (its rows, "
+            "the classes, split: ColwiseParallel's weight); redistribute it, or pass a plain tensor"
+        )
+    mesh = classifier.device_mesh
+    hidden, target, weight = (
+        _local(a, n, p) for a, n in ((hidden, "hidden"), (target, "target"), (weight, "weight"))
+    )
+    bias = _local(bias, "bias", p)
+    loss = vocab_parallel_linear_cross_entropy(
+        hidden, classifier.to_local(), target, smoothing, group=mesh.get_group(), bias=bias,
+        reduction=opts.reduction, weight=weight, ignore_index=opts.ignore_index, convention=opts.convention,
+        chunk_size=opts.chunk_size,
+    )  # fmt: skip
+    return DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
