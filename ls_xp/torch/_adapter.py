@@ -62,7 +62,7 @@ class TorchAdapter(Adapter):
         if is_dtensor(logits):  # sharded logits: the vocabulary-parallel loss (ls_xp.torch._dtensor)
             from ls_xp.torch._dtensor import dtensor_loss
 
-            return dtensor_loss(logits, target, smoothing, weight, where, opts, kl=kl)
+            return dtensor_loss(logits, target, smoothing, weight, where, opts, kl=kl, local_loss=self.loss)
         target, weight = as_tensor(logits, target, "target"), as_tensor(logits, weight, "weight")
         where = as_tensor(logits, where, "where")
         float_loss = _float_loss(logits)

@@ -17,6 +17,7 @@ a plain tensor of the local slice; ``where`` and probability targets: the local 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -69,9 +70,18 @@ def _local(a: Any, name: str, logits_placement: Any) -> Any:
 
 
 def dtensor_loss(
-    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options, *, kl: bool
+    logits: Any,
+    target: Any,
+    smoothing: Any,
+    weight: Any,
+    where: Any,
+    opts: v.Options,
+    *,
+    kl: bool,
+    local_loss: Callable[..., Any],
 ) -> Any:
-    """The loss of DTensor logits, a DTensor (see the module docstring)."""
+    """The loss of DTensor logits, a DTensor (see the module docstring); ``local_loss`` is
+    the adapter's loss of plain tensors (for the batch-sharded and replicated cases)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     _refuse_llm_options(opts)
@@ -85,10 +95,9 @@ def dtensor_loss(
     if isinstance(p, Shard) and p.dim % logits.ndim == ax:
         loss = sharded_loss(local, target, smoothing, weight, where, opts, mesh.get_group(), kl=kl)
         return DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
-    from ls_xp.torch._adapter import ADAPTER  # (which routes DTensors here)
 
-    def fn(a: Tensor, reduction: str) -> Any:
-        return ADAPTER.loss(a, target, smoothing, weight, where, replace(opts, reduction=reduction), kl=kl)
+    def fn(a: Tensor, reduction: str) -> Any:  # the adapter's loss of plain tensors
+        return local_loss(a, target, smoothing, weight, where, replace(opts, reduction=reduction), kl=kl)
 
     if isinstance(p, Replicate):
         return DTensor.from_local(fn(local, opts.reduction), mesh, [Replicate()], run_check=False)
