@@ -104,7 +104,7 @@ def run_ranks(
 # ------------------------------------------------------------------------- the bench
 
 
-def _measure(call: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, float]:
+def _measure(call: Callable[[], Any], repeats: int, sync: Callable[[], Any]) -> tuple[float, float]:
     """(median seconds, peak extra MiB over the inputs) of ``call`` after one warm-up, as
     the project measures (``ru_maxrss`` after the inputs are built as the base)."""
     import resource

@@ -216,7 +216,8 @@ class _VocabParallelCE(torch.autograd.Function):
         return vpr.reduce_rows(torch_xp, st, stats.glob, batch).to(logits.dtype)
 
     @staticmethod
-    def backward(ctx: Any, up: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        up = grad_outputs[0]
         g = ctx.grad
         if g is None:
             return None, None, None, None, None, None, None

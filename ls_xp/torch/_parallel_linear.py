@@ -94,7 +94,8 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         return loss.to(hidden.dtype)
 
     @staticmethod
-    def backward(ctx: Any, up: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        up = grad_outputs[0]
         p, stats = ctx.p, ctx.stats
         k = p.w.shape[0]
         dt = p.st.dtype
