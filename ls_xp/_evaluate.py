@@ -180,6 +180,7 @@ def _assemble(
         valid = rows.block.valid
         lse = out.lse if valid is None else xp.where(valid, out.lse, 0.0)
         accuracy = reduce_z(out.hit, 0.0)
+        assert accuracy is not None
         if opts.reduction == "mean":  # the fraction of no position: NaN
             if isinstance(rows.count, float):
                 accuracy = accuracy if rows.count else accuracy * math.nan

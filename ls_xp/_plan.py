@@ -59,7 +59,7 @@ def on_accelerator(x: Any) -> bool:
     """Whether ``x`` lives on an accelerator (anything but host memory): CuPy arrays, and
     devices named like ``cuda:0``, ``mps``, ``xpu``, JAX's ``gpu``/``tpu`` platforms.
     array-api-strict's emulated devices are host memory."""
-    if _kind(x) == "numpy":
+    if kind(x) == "numpy":
         return False
     if is_cupy_array(x):
         return True
@@ -88,7 +88,7 @@ def plan(x: Any) -> str:
 _KINDS: dict[type, str] = {}
 
 
-def _kind(x: Any) -> str:
+def kind(x: Any) -> str:
     """The kind of library of ``x`` ("numpy", "torch", "jax" or "other"), cached per type:
     these checks run several times per call, and a small loss is all call overhead."""
     t = type(x)
@@ -114,14 +114,17 @@ def is_concrete(x: Any) -> bool:
     wrapped by ``torch.func`` transforms (``vmap``, ``grad``) cannot be read. Dask arrays
     stay lazy.
     """
-    kind = _kind(x)
-    if kind == "numpy":
+    what = kind(x)
+    if what == "numpy":
         return True
-    if kind == "torch":
+    if what == "torch":
+        torch_mod = sys.modules.get("torch")
+        if torch_mod is not None and torch_mod.compiler.is_compiling():
+            return False  # traced by dynamo / export: fake tensors, no value to read
         functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
         wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
         return wrapped is None or not wrapped(x)
-    if kind == "jax":
+    if what == "jax":
         jax_core = sys.modules.get("jax.core")
         tracer = getattr(jax_core, "Tracer", None)
         return tracer is None or not isinstance(x, tracer)
@@ -167,7 +170,7 @@ def block_rows(x: Any, chunk_size: int | None, plan_name: str = "cpu") -> int:
     n_rows, num_classes = x.shape
     if chunk_size is not None:
         return chunk_size
-    if not is_concrete(x) or _kind(x) == "jax":
+    if not is_concrete(x) or kind(x) == "jax":
         return max(n_rows, 1)
     if plan_name == "accelerator":
         blocks = -(-n_rows * num_classes // ACCELERATOR_BLOCK_ELEMENTS)  # ceil

@@ -54,14 +54,7 @@ def _data():
 @pytest.mark.parametrize(
     "model",
     [
-        pytest.param(
-            _Functional,
-            marks=pytest.mark.xfail(
-                reason="ls_xp._validate.join_library calls array-api-compat's lru_cached type "
-                "checks before the adapter is reached",
-                strict=False,
-            ),
-        ),
+        _Functional,
         _Module,
         _Linear,
     ],
