@@ -68,6 +68,27 @@ def _concat_locals(xp: ModuleType, parts: list[Local]) -> Local:
     return Local._make([*fields, extra])
 
 
+def _hold(xp: ModuleType, held: dict[str, Any], loc: Local, sl: slice, n: int) -> None:
+    """A block's per-row statistics copied into whole (n, 1) columns, allocated at the
+    first block. The blocks' own small arrays are then freed with the block, so no
+    long-lived small array sits between the block temporaries on the heap (which would
+    keep the allocator from reusing their memory: the peak grew by hundreds of MiB)."""
+    values = {f: getattr(loc, f) for f in Local._fields if f != "extra"}
+    values.update({"extra." + k: a for k, a in loc.extra.items()})
+    for name, a in values.items():
+        if getattr(a, "ndim", 0) != 2:
+            held[name] = a  # a number, or a statistic of the class weights
+            continue
+        if name not in held:
+            held[name] = xp.empty((n, a.shape[1]), dtype=a.dtype, device=get_device(a))
+        held[name] = xpx.at(held[name], (sl, slice(None))).set(a)
+
+
+def _held_local(held: dict[str, Any]) -> Local:
+    extra = {k[len("extra.") :]: a for k, a in held.items() if k.startswith("extra.")}
+    return Local._make([*(held[f] for f in Local._fields if f != "extra"), extra])
+
+
 def local_cut(loc: Local, sl: slice) -> Local:
     """The rows ``sl`` of the per-row statistics."""
 
@@ -106,15 +127,22 @@ def evaluate(
     if want_grad and len(starts) > 1 and not st.log_probs:
         grad = xp.empty((n, k), dtype=st.dtype, device=dev)
     parts: list[Local] = []
+    held: dict[str, Any] = {}  # the blocks' statistics, written into (n, 1) columns
     es: list[Array | None] = []  # each block's e, where there is no whole buffer
     for lo in starts:
         sl = slice(lo, min(n, lo + step))
         blk = rows if len(starts) == 1 else rows.cut(sl)
         loc, e = local_block(xp, st, blk, picks(xp, sl.stop - sl.start, k, dense, dev))
-        parts.append(loc)
+        if len(starts) == 1 or dense:
+            parts.append(loc)
+        else:
+            _hold(xp, held, loc, sl, n)
         if grad is not None and e is not None:
             grad = xpx.at(grad, (sl, slice(None))).set(e)
         es.append(e if grad is None and want_grad else None)
+        del loc, e
+    if held:
+        parts.append(_held_local(held))
     stats = statistics(xp, st, rows, parts, coll)
     if not want_grad:
         return stats, None
