@@ -48,6 +48,9 @@ def case_list() -> list[dict[str, Any]]:
         out.append(dict(eps=0.1, convention="others", reduction=red, weight=w, where=True, log_probs=True))
         out.append(dict(eps=0.1, convention="uniform", reduction=red, weight=w, where=False, kl=True))
         out.append(dict(eps=0.2, convention="uniform", reduction=red, weight=w, where=True, axis=1))
+    for red in ("mean", "none"):  # several row blocks (chunk_size)
+        out.append(dict(eps=0.1, convention="others", reduction=red, weight="shard", where=True, chunk=4))
+        out.append(dict(eps=0.1, convention="uniform", reduction=red, weight="rep", where=False, chunk=1))
     for dt in ("float32",):
         out += [dict(c, dtype=dt) for c in out[:24:5]]
     return out
@@ -89,6 +92,8 @@ def _keywords(c: dict[str, Any]) -> dict[str, Any]:
     kw = dict(reduction=c["reduction"], convention=c["convention"], log_probs=c.get("log_probs", False))
     if c.get("axis") == 1:
         kw["axis"] = 1
+    if c.get("chunk"):
+        kw["chunk_size"] = c["chunk"]
     return kw
 
 
