@@ -197,10 +197,9 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         cw = mf if w is None else xp.where(m, w, 0.0)
         s_w = xp.sum(cw, axis=-1, keepdims=True)
     # 1. softcapping (Gemma 2): every later step sees the capped logits
-    cap = None
     if sp.softcap is not None:
-        cap = xp.tanh(x / sp.softcap)
-        x = sp.softcap * cap
+        x = xp.tanh(x / sp.softcap)  # (a fresh array: scaled in place, one block temporary kept)
+        x = _scale_shift(xp, x, sp.softcap, None, inplace=sp.inplace and not pk.dense)
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     # 2. the z-loss's share of each row's softmax coefficient: d(z lse^2)/dx_c = 2 z lse p_c
     lse = None if ls.x_max is None or not (sp.z_loss or sp.want_aux) else ls.x_max + ls.l1
@@ -220,14 +219,26 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         target = y
     # 4. the z-loss rows, the statistics, and the softcap's chain rule 1 - tanh^2
     g = out.grad
-    if cap is not None and g is not None:
-        g = _scale_shift(xp, g, 1.0 - cap * cap, None, inplace=sp.inplace and not pk.dense)
+    if sp.softcap is not None and g is not None:
+        g = _softcap_chain(xp, g, x, sp.softcap, inplace=sp.inplace and not pk.dense)
     return out._replace(
         grad=g,
         z_row=None if not sp.z_loss or lse is None else z * (lse * lse),
         lse=lse,
         hit=None if target is None or not sp.want_aux else xp.astype(ls.top == target, sp.dtype),
     )
+
+
+def _softcap_chain(xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool) -> Array:
+    """d/dx of softcap tanh(x / softcap) is 1 - tanh^2 = 1 - (capped / softcap)^2: the
+    gradient times that, as g - g t^2 (in place in a fresh t where ``g`` is ours)."""
+    t = capped / softcap
+    if not inplace:
+        return g * (1.0 - t * t)
+    t *= t
+    t *= g
+    g -= t
+    return g
 
 
 def _first_max(xp: ModuleType, a: Array, pk: Picks) -> Array:
