@@ -53,6 +53,10 @@ LINEAR_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("torch", "ls_xp"): "torch",
     ("torch", "unfused-native"): "torch",
     ("torch", "unfused-ls_xp"): "torch",
+    # PyTorch's own fused loss: its reference path (it makes the logits) at eps = 0.1, and
+    # its chunked path, which refuses smoothing, at eps = 0 (a pairing that favours it)
+    ("torch", "native-linear-ce"): "torch",
+    ("torch", "native-linear-ce-chunked-eps0"): "torch",
     ("jax", "ls_xp"): "jax",
     ("jax", "unfused-optax"): "optax",
     ("jax", "unfused-ls_xp"): "jax",
@@ -242,10 +246,15 @@ def _setup_linear_torch(
     h0, w0 = (torch.from_numpy(a).to(device=device, dtype=getattr(torch, dtype)) for a in (h_np, w_np))
     y = torch.from_numpy(y_np).to(device)
     sync = torch.cuda.synchronize if h0.is_cuda else (lambda: None)
+    f = torch.nn.functional
     loss_fn: Callable[[Any, Any], Any] = {
         "ls_xp": lambda h, w: ls_xp.linear_cross_entropy(h, w, y, EPS),
         "unfused-native": lambda h, w: torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=EPS),
         "unfused-ls_xp": lambda h, w: ls_xp.cross_entropy(h @ w.T, y, EPS),
+        "native-linear-ce": lambda h, w: f.linear_cross_entropy(h, w, y, label_smoothing=EPS),
+        "native-linear-ce-chunked-eps0": lambda h, w: f.linear_cross_entropy(
+            h, w, y, options=torch.nn.LinearCrossEntropyOptions()
+        ),
     }[impl]
 
     def run() -> Any:
