@@ -155,3 +155,18 @@ def test_dask_evaluation_warns_nothing():
         got = float(loss.compute())
         grad.compute()
     assert got == pytest.approx(float(ls_xp.cross_entropy(x, y, 0.1, convention="others")), rel=1e-12)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_ls_xp_torch_resolves_after_a_bare_import_in_a_fresh_process():
+    """``import torch, ls_xp; ls_xp.torch.CrossEntropyLoss`` (as the docs write it), before
+    any torch call or ``import ls_xp.torch``."""
+    import subprocess
+    import sys
+
+    code = "import torch, ls_xp; print(ls_xp.torch.CrossEntropyLoss.__name__, ls_xp.jax.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["CrossEntropyLoss", "ls_xp.jax"]
