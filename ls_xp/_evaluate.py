@@ -225,8 +225,8 @@ class _Reduction(NamedTuple):
         xp = self.xp
         if r is None:
             return None
-        if not isinstance(self.factor, float):
-            r = r * self.factor
+        if not (isinstance(self.factor, float) or type(self.factor).__name__ == "SymFloat"):
+            r = r * self.factor  # (per-row factors; a number, also a traced one, is one divisor)
         if self.reduction == "none":
             out = xp.reshape(r, self.batch_shape)
         elif self.reduction == "sum":
@@ -301,8 +301,8 @@ def _rows(
                 + (' (convention="others" needs two)' if need == 2 else "")
             )
     if soft:
-        total = float(x.shape[0])
-        factor = 1.0 if opts.reduction != "mean" else safe_divide(xp, 1.0, total, 0.0)
+        total = float(x.shape[0]) if isinstance(x.shape[0], int) else x.shape[0]  # (symbolic: >= 2, kept)
+        factor = 1.0 if opts.reduction != "mean" else 1.0 / total if total else 0.0
         br = BlockRows(x, None, as_rows(xp, target, ax), None, m, w, None, w_sum, factor, factor)
         return _Rows(br, classes, total, None, total)
     return _index_rows(xp, sp, x, target, m, w, w_sum, classes, opts)
@@ -393,7 +393,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
     classes = rw.classes
     if dense and classes is None:
         classes = xp.arange(num_classes, device=dev)
-    starts = range(0, n_rows, step)
+    starts = range(0, n_rows, step) if step < n_rows else (0,)  # (one block: no guard on n_rows)
     fill = len(starts) > 1 or grad_buf is not None  # several blocks fill whole arrays
     bufs: dict[str, Any] = {}
     if fill and sp.want_grad:

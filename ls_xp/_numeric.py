@@ -54,7 +54,7 @@ def safe_divide(
     guarding the division on both sides; a caller that divides twice by the same ``den``
     passes ``nonzero`` (``den != 0``) to share the test. (A non-finite num over a zero den
     gives NaN either way.)"""
-    if isinstance(den, float):
+    if isinstance(den, (int, float)) or type(den).__name__ == "SymInt":  # (also a traced row count)
         return num / den if den != 0 else num * 0.0 + at_zero
     if not (at_zero == 0.0 or math.isnan(at_zero)):
         raise ValueError(f"_safe_divide: at_zero must be 0 or NaN, got {at_zero!r}")

@@ -92,6 +92,9 @@ def kind(x: Any) -> str:
     """The kind of library of ``x`` ("numpy", "torch", "jax" or "other"), cached per type:
     these checks run several times per call, and a small loss is all call overhead."""
     t = type(x)
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None and torch_mod.compiler.is_compiling():  # no cache for dynamo to guard on
+        return "torch" if isinstance(x, torch_mod.Tensor) else "numpy" if t.__module__ == "numpy" else "other"
     kind = _KINDS.get(t)
     if kind is None:
         if is_torch_array(x):

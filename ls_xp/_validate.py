@@ -25,6 +25,7 @@ from typing import Any
 from array_api_compat import array_namespace, is_array_api_obj, is_dask_array, is_numpy_array
 from array_api_compat import device as get_device
 
+from ls_xp import _plan
 from ls_xp._plan import available_cpus, is_concrete
 
 Array = Any
@@ -103,14 +104,22 @@ def options(
 def _static_real(value: Any, name: str) -> float:
     """A hyperparameter that shapes the computation: a Python or NumPy number (or a
     concrete 0-d array), never a traced value."""
+    if type(value) in (int, float):  # (the common case; under dynamo also a symbolic float)
+        return float(value)
     if is_array_api_obj(value) and not is_concrete(value):
         raise TypeError(f"{name} must be a Python number (a static hyperparameter), got a traced {value!r}")
     return as_real(value, name)
 
 
+def _finite(z: float) -> bool:
+    """``math.isfinite`` by comparisons, which dynamo also evaluates on a symbolic float
+    (``torch.compile(dynamic=True)`` makes Python float defaults symbolic)."""
+    return -math.inf < z < math.inf  # (False for NaN)
+
+
 def check_z_loss(value: Any) -> float:
     z = _static_real(value, "z_loss")
-    if not (math.isfinite(z) and z >= 0.0):
+    if not (_finite(z) and z >= 0.0):
         raise ValueError(f"z_loss must be a finite number >= 0 (e.g. 1e-4), got {value!r}")
     return z
 
@@ -119,7 +128,7 @@ def check_softcap(value: Any) -> float | None:
     if value is None:
         return None
     cap = _static_real(value, "softcap")
-    if not (math.isfinite(cap) and cap > 0.0):
+    if not (_finite(cap) and cap > 0.0):
         raise ValueError(f"softcap must be a finite number > 0 (e.g. 30.0) or None, got {value!r}")
     return cap
 
@@ -173,6 +182,8 @@ def join_library(logits: Any, *others: Any, name: str = "logits") -> Any:
     NumPy and one of them is not: NumPy and Python values join any other library (a JAX
     loss evaluated on NumPy primals, as ``jax.test_util.check_grads`` does). Two non-NumPy
     libraries are left for :func:`same_namespace` to refuse, naming both."""
+    if _plan.kind(logits) in ("torch", "jax"):  # (also keeps array-api-compat's caches out of dynamo)
+        return logits
     check_logits(logits, name)
     if not is_numpy_array(logits):
         return logits
@@ -192,6 +203,8 @@ def _is_bool(value: Any) -> bool:
 
 def as_int(value: Any, name: str) -> int:
     """An integer parameter: Python or NumPy integers, 0-d integer arrays (not bool)."""
+    if type(value) is int:  # (the common case; under dynamo also a symbolic int)
+        return value
     if _is_bool(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
@@ -319,7 +332,7 @@ def check_smoothing(
 
 
 def _check_range(value: float, given: Any) -> None:
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # (also NaN; no math.isnan: a symbolic float under dynamo)
         raise ValueError(f"smoothing must be in [0, 1], got {given!r}")
 
 

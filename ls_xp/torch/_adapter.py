@@ -2,8 +2,10 @@
 
 Eagerly, a loss whose inputs require grad is an ``autograd.Function`` with the analytic
 gradient as its backward (:mod:`ls_xp.torch._autograd`); inside ``torch.compile`` and
-``torch.export`` it is a custom operator (:mod:`ls_xp.torch._ops`), also where nothing
-requires grad, so that an exported inference program reads no value either; without
+``torch.export`` it is the same core traced as one block without value reads, its backward
+an ``autograd.Function`` that dynamo traces too (:mod:`ls_xp.torch._traced`), so the
+compiler fuses the formula; the fused linear loss stays a custom operator there
+(:mod:`ls_xp.torch._ops`: its row blocks are what keeps the logits out of memory). Without
 gradients it is one call of the core. The block sizes are PyTorch's (:func:`blocked`).
 """
 
@@ -21,6 +23,7 @@ from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_gr
 from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
 from ls_xp.torch._dtensor import is_dtensor
 from ls_xp.torch._ops import compiled_linear_loss, compiled_loss
+from ls_xp.torch._traced import traced_loss
 
 Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
@@ -76,7 +79,10 @@ class TorchAdapter(Adapter):
             grad_mode and isinstance(smoothing, torch.Tensor) and smoothing.requires_grad,
         )
         if torch.compiler.is_compiling():
-            return compiled_loss(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
+            # half-precision logits keep the operator: dynamo cannot trace the dtype promotion
+            # (result_type) inside an autograd.Function
+            fn = compiled_loss if logits.dtype in _HALF else traced_loss
+            return fn(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
         plan = _plan.plan(logits)
         opts = blocked(logits, opts, plan)
         if needs[0] or needs[1] or needs[2]:

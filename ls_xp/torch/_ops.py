@@ -1,4 +1,10 @@
-"""Inside ``torch.compile`` and ``torch.export``: the losses as opaque custom operators.
+"""Inside ``torch.compile`` and ``torch.export``: the fused linear loss as opaque custom operators.
+
+The loss of logits is traced instead (:mod:`ls_xp.torch._traced`), so that the compiler
+fuses its formula; ``ls_xp::label_smoothed_ce`` stays registered (and ``compiled_loss``
+callable) so that programs exported with it still load and run. The fused linear loss
+keeps its operators: its row blocks are what keeps the N x K logits out of memory, which
+a traced single block would give up.
 
 ``ls_xp::label_smoothed_ce`` and ``ls_xp::linear_ce`` (with ``ls_xp::linear_ce_grad``, the
 row-weighted backward of ``reduction="none"``) are ``torch.library.custom_op``s with

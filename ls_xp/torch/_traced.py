@@ -1,0 +1,120 @@
+"""Inside ``torch.compile`` and ``torch.export``: the loss as traced array-API code.
+
+The compiler sees the formula itself, so Inductor fuses the loss and its gradient with
+the user's graph: the same core (:func:`ls_xp._evaluate.evaluate`) runs on the traced
+tensors as one block, without reading a value back (``check_values=False``), and the
+analytic backward is an ``autograd.Function`` that dynamo traces too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ls_xp._validate import Options
+from ls_xp.torch._autograd import broadcastable
+from ls_xp.torch._calls import Request, evaluate
+
+Tensor = torch.Tensor
+
+
+def _allow_array_api_compat_caches() -> None:
+    """array-api-compat's ``lru_cache``-d helpers are pure predicates of a type (is this a
+    torch tensor class, ...): dynamo traces the wrapped functions, which is exact, and is
+    told so (as PyTorch does for einops) rather than warning at every compile."""
+    try:
+        from array_api_compat.common import _helpers
+        from torch._dynamo.utils import (
+            allow_lru_cache_wrapper_trace_without_warning,
+            is_lru_cache_wrapped_function,
+        )
+    except ImportError:  # pragma: no cover (another PyTorch or array-api-compat: warnings only)
+        return
+    from ls_xp._picks import scatters_in_place  # (cached per namespace: as pure)
+
+    for obj in (*vars(_helpers).values(), scatters_in_place):
+        if is_lru_cache_wrapped_function(obj):
+            allow_lru_cache_wrapper_trace_without_warning(obj)
+
+
+_allow_array_api_compat_caches()
+
+
+def _traced_options(opts: Options) -> Options:
+    """One block (traced tensors are not concrete: the core makes all rows one block, with
+    no guard on the number of rows) and no value read back."""
+    return replace(opts, chunk_size=None, workers=None, check_values=False)
+
+
+class _TracedCE(torch.autograd.Function):
+    """The loss and its analytic gradients, traced by dynamo: forward computes both, the
+    backward scales the saved gradients by the incoming one."""
+
+    @staticmethod
+    def forward(
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        where: Tensor | None,
+        smoothing: Any,
+        opts: Options,
+        req: Request,
+    ) -> tuple[Any, ...]:
+        res = evaluate(logits, target, smoothing, weight, where, opts, req)
+        return res.loss, res.grad, res.target_grad, res.smoothing_grad
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        logits, _, _, _, _, opts, _ = inputs
+        _, grad, tgrad, dsmooth = output
+        ctx.mark_non_differentiable(*(t for t in (grad, tgrad, dsmooth) if t is not None))
+        ctx.ndim, ctx.axis, ctx.reduction, ctx.shift = logits.ndim, opts.axis, opts.reduction, opts.shift
+        ctx.has = (grad is not None, tgrad is not None, dsmooth is not None)
+        ctx.save_for_backward(*(t for t in (grad, tgrad, dsmooth) if t is not None))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Any, ...]:
+        saved = list(ctx.saved_tensors)
+        grad = saved.pop(0) if ctx.has[0] else None
+        tgrad = saved.pop(0) if ctx.has[1] else None
+        dsmooth = saved.pop(0) if ctx.has[2] else None
+        args = (ctx.ndim, ctx.axis, ctx.reduction, ctx.shift)
+        return (
+            None if grad is None else grad * broadcastable(grad_out, *args).to(grad.dtype),
+            None if tgrad is None else tgrad * broadcastable(grad_out, *args, front=True).to(tgrad.dtype),
+            None,
+            None,
+            None if dsmooth is None else torch.sum(grad_out * dsmooth),
+            None,
+            None,
+        )
+
+
+def traced_loss(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    where: Tensor | None,
+    smoothing: Any,
+    opts: Options,
+    kl: bool,
+    needs: tuple[bool, bool, bool],
+    float_loss: bool,
+) -> Tensor:
+    """The loss as code the compiler traces (under torch.compile / torch.export)."""
+    if opts.return_aux:
+        raise NotImplementedError(
+            "ls_xp: return_aux=True is not supported inside torch.compile / torch.export"
+        )
+    opts = _traced_options(opts)
+    req = Request(
+        kl=kl, grad=needs[0], target_grad=needs[1], smoothing_grad=needs[2],
+        inplace=False, loss_in_compute_dtype=float_loss,
+    )  # fmt: skip
+    if not any(needs):
+        res = evaluate(logits, target, smoothing, weight, where, opts, req)
+        assert res.loss is not None
+        return res.loss
+    return _TracedCE.apply(logits, target, weight, where, smoothing, opts, req)[0]

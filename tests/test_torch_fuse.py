@@ -1,0 +1,196 @@
+"""Compilers see the formula: under torch.compile and torch.export the loss is the traced
+array-API core (an autograd.Function with the analytic backward that dynamo traces), not
+an opaque operator, so Inductor fuses it. fullgraph, dynamic shapes without a recompile
+per batch size, and exported training and inference programs that reproduce eager."""
+
+from __future__ import annotations
+
+import pytest
+
+import ls_xp
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
+
+K = 7
+SIZES = (8, 13, 32, 57, 100)
+CASES = [
+    pytest.param({}, id="mean"),
+    pytest.param({"reduction": "sum"}, id="sum"),
+    pytest.param({"reduction": "none"}, id="none"),
+    pytest.param({"ignore_index": 3}, id="ignore_index"),
+    pytest.param({"convention": "others"}, id="others"),
+    pytest.param({"weight": True}, id="weight"),
+    pytest.param({"where": True}, id="where"),
+    pytest.param({"probs": True}, id="probabilities"),
+]
+
+
+def _static(case: dict) -> dict:
+    """The case's static keywords (Python values: hyperparameters, not inputs)."""
+    return {k: v for k, v in case.items() if k not in ("weight", "where", "probs")}
+
+
+def _batch(n: int, case: dict, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Inputs of ``n`` rows: hidden states, targets and the loss's tensor keywords
+    (``weight``, ``where``; None where the case has none)."""
+    x = torch.randn(n, 16, generator=g)
+    kw: dict = {"weight": None, "where": None}
+    if case.get("probs"):
+        y = torch.softmax(torch.randn(n, K, generator=g), -1)
+    else:
+        y = torch.randint(0, K, (n,), generator=g)
+    if "ignore_index" in case:
+        y[::3] = case["ignore_index"]
+    if case.get("weight"):
+        kw["weight"] = torch.rand(K, generator=g) + 0.1
+    if case.get("where"):
+        where = torch.rand(n, K, generator=g) > 0.3
+        where[torch.arange(n), y] = True  # the target class is never masked out
+        kw["where"] = where
+    return x, y, kw
+
+
+def _counter() -> CompileCounterWithBackend:
+    """A fresh dynamo and a backend that counts the graphs compiled (dynamo may restart
+    the analysis of the first frame once; what counts is no new graph afterwards)."""
+    torch._dynamo.reset()
+    return CompileCounterWithBackend("aot_eager")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_training_step_is_one_graph_for_every_batch_size(case):
+    """Linear -> loss -> backward under fullgraph/dynamic: one frame, one compile over
+    five batch sizes, loss and parameter gradients equal to eager."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, K)
+
+    static = _static(case)
+
+    def train(x, y, weight, where):
+        return ls_xp.cross_entropy(lin(x), y, 0.1, weight=weight, where=where, **static)
+
+    counter = _counter()
+    step = torch.compile(train, backend=counter, fullgraph=True, dynamic=True)
+    g, first = torch.Generator().manual_seed(1), 0
+    for n in SIZES:
+        x, y, kw = _batch(n, case, g)
+        lin.zero_grad()
+        eager = train(x, y, **kw)
+        eager.sum().backward()
+        want = lin.weight.grad.clone(), lin.bias.grad.clone()
+        lin.zero_grad()
+        got = step(x, y, **kw)
+        got.sum().backward()
+        torch.testing.assert_close(got, eager)
+        torch.testing.assert_close((lin.weight.grad, lin.bias.grad), want)
+        first = first or counter.frame_count
+    assert counter.frame_count == first  # no recompile after the first batch size
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_inference_step_is_one_graph_for_every_batch_size(case):
+    """The loss of logits without grad (an evaluation step), under no_grad too."""
+
+    static = _static(case)
+
+    def evaluate(logits, y, weight, where):
+        return ls_xp.cross_entropy(logits, y, 0.1, weight=weight, where=where, **static)
+
+    counter = _counter()
+    step = torch.compile(evaluate, backend=counter, fullgraph=True, dynamic=True)
+    g, first = torch.Generator().manual_seed(2), 0
+    with torch.no_grad():
+        for n in SIZES:
+            _, y, kw = _batch(n, case, g)
+            logits = torch.randn(n, K, generator=g)
+            torch._dynamo.mark_static(logits, 1)  # the classes are fixed; the batch size varies
+            torch.testing.assert_close(step(logits, y, **kw), evaluate(logits, y, **kw))
+            first = first or counter.frame_count
+    assert counter.frame_count == first
+
+
+def test_no_graph_break_and_the_formula_is_in_the_graph():
+    """explain: zero breaks; the graph holds the traced autograd Function, no ls_xp operator."""
+    lin = torch.nn.Linear(16, K)
+    x, y, _ = _batch(8, {}, torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda a, b: ls_xp.cross_entropy(lin(a), b, 0.1))(x, y)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    code = "\n".join(gm.code for gm in explained.graphs)
+    assert "autograd_function_apply" in code
+    assert "ls_xp" not in code
+
+
+def test_inductor_training_step_equals_eager_without_recompiles():
+    """The real compiler (Inductor, C++ on the CPU): forward and backward, five sizes."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, K)
+
+    def train(x, y):
+        return ls_xp.cross_entropy(lin(x), y, 0.1, ignore_index=3)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    step = torch.compile(train, backend=counter, fullgraph=True, dynamic=True)
+    g, first = torch.Generator().manual_seed(4), 0
+    for n in SIZES:
+        x, y, _ = _batch(n, {"ignore_index": 3}, g)
+        lin.zero_grad()
+        train(x, y).backward()
+        want = lin.weight.grad.clone()
+        lin.zero_grad()
+        got = step(x, y)
+        got.backward()
+        torch.testing.assert_close(got, train(x, y))
+        torch.testing.assert_close(lin.weight.grad, want)
+        first = first or counter.frame_count
+    assert counter.frame_count == first
+
+
+class _Training(torch.nn.Module):
+    def __init__(self, kw: dict) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, K)
+        self.kw = kw
+
+    def forward(self, x, y):
+        return ls_xp.cross_entropy(self.lin(x), y, 0.1, **self.kw)
+
+
+class _Inference(torch.nn.Module):
+    def __init__(self, kw: dict) -> None:
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, logits, y):
+        return ls_xp.cross_entropy(logits, y, 0.1, **self.kw)
+
+
+EXPORT_CASES = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"ignore_index": 3, "convention": "others"},
+    {"probs": True},
+]
+
+
+@pytest.mark.parametrize("case", EXPORT_CASES, ids=str)
+@pytest.mark.parametrize("module", [_Training, _Inference])
+def test_export_reproduces_eager_on_new_shapes(module, case):
+    """Exported with a dynamic batch: the program's loss on other batch sizes is eager's."""
+    torch.manual_seed(0)
+    model = module(_static(case))
+    g = torch.Generator().manual_seed(5)
+    n = torch.export.Dim("n", min=2)
+
+    def inputs(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = _batch(rows, case, g)
+        return (x if module is _Training else torch.randn(rows, K, generator=g)), y
+
+    program = torch.export.export(model, inputs(8), dynamic_shapes=({0: n}, {0: n}))
+    assert not any("ls_xp" in str(node.target) for node in program.graph.nodes)
+    for rows in (5, 21):
+        a, b = inputs(rows)
+        torch.testing.assert_close(program.module()(a, b), model(a, b))
