@@ -35,10 +35,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ls_xp._tools.workloads import (
+    COMPILED_IMPLEMENTATIONS,
     DTYPES,
     IMPLEMENTATIONS,
     LINEAR_IMPLEMENTATIONS,
     SIZES,
+    is_compiled,
     is_linear,
     parse_size,
     setup,
@@ -141,10 +143,11 @@ def _worker(
 
 
 def available_implementations(
-    backends: list[str] | None = None, linear: bool = False
+    backends: list[str] | None = None, linear: bool = False, compiled: bool = False
 ) -> list[tuple[str, str]]:
+    table = COMPILED_IMPLEMENTATIONS if compiled else LINEAR_IMPLEMENTATIONS if linear else IMPLEMENTATIONS
     out = []
-    for (backend, impl), module in (LINEAR_IMPLEMENTATIONS if linear else IMPLEMENTATIONS).items():
+    for (backend, impl), module in table.items():
         if backends and backend not in backends:
             continue
         if importlib.util.find_spec(module) is not None and importlib.util.find_spec(backend) is not None:
@@ -218,7 +221,7 @@ def run_bench(
     def impls(size: str) -> list[tuple[str, str]]:
         return [
             bi
-            for bi in available_implementations(backends, is_linear(size))
+            for bi in available_implementations(backends, is_linear(size), is_compiled(size))
             if not (bi[0] == "numpy" and (dtype, device) != ("float32", "cpu"))
         ]
 
@@ -262,6 +265,9 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_OURS = ("ls_xp", "torch-compiled-ls_xp")  # the implementations the ratios divide
+
+
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """ls_xp / peer for time and memory, per backend and size: the median of the ratios of
     the pairs measured next to each other in this run."""
@@ -270,10 +276,10 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in runs:
         by_key.setdefault((r["backend"], r["impl"], r["size"]), []).append(r)
     for (backend, impl, size), ours in by_key.items():
-        if impl != "ls_xp":
+        if impl not in _OURS:
             continue
         for (b2, peer, s2), theirs in by_key.items():
-            if b2 != backend or s2 != size or peer == "ls_xp":
+            if b2 != backend or s2 != size or peer in _OURS:
                 continue
             pairs = [
                 (a, b) for a, b in zip(ours, theirs, strict=False) if "error" not in a and "error" not in b

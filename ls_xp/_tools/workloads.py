@@ -33,6 +33,12 @@ LINEAR_SIZES: dict[str, tuple[int, int, int]] = {
     "linear-small": (512, 64, 4096),
     "linear": (4096, 256, 32768),
 }
+# the "compiled" workload: torch.compile of Linear(D -> V, no bias) on N rows -> loss,
+# forward + backward, ls_xp against F.cross_entropy(label_smoothing) compiled the same way
+COMPILED_SIZES: dict[str, tuple[int, int, int]] = {
+    "compiled-small": (512, 64, 4096),
+    "compiled": (4096, 256, 32000),
+}
 EPS = 0.1
 DTYPES = ("float32", "bfloat16")
 
@@ -61,6 +67,10 @@ LINEAR_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("jax", "unfused-optax"): "optax",
     ("jax", "unfused-ls_xp"): "jax",
 }
+COMPILED_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
+    ("torch", "torch-compiled-ls_xp"): "torch",
+    ("torch", "torch-compiled-native"): "torch",
+}
 
 
 def parse_size(size: str) -> tuple[int, ...]:
@@ -70,12 +80,14 @@ def parse_size(size: str) -> tuple[int, ...]:
         return SIZES[size]
     if size in LINEAR_SIZES:
         return LINEAR_SIZES[size]
+    if size in COMPILED_SIZES:
+        return COMPILED_SIZES[size]
     try:
         dims = tuple(int(v) for v in size.lower().split("x"))
         if len(dims) not in (2, 3):
             raise ValueError(size)
     except ValueError as exc:
-        names = ", ".join([*SIZES, *LINEAR_SIZES])
+        names = ", ".join([*SIZES, *LINEAR_SIZES, *COMPILED_SIZES])
         raise ValueError(
             f"size must be one of {names}, NxK (e.g. 2048x32000) or NxDxV (e.g. 4096x256x32768), got {size!r}"
         ) from exc
@@ -85,7 +97,11 @@ def parse_size(size: str) -> tuple[int, ...]:
 
 
 def is_linear(size: str) -> bool:
-    return len(parse_size(size)) == 3
+    return len(parse_size(size)) == 3 and not is_compiled(size)
+
+
+def is_compiled(size: str) -> bool:
+    return size in COMPILED_SIZES
 
 
 # ------------------------------------------------------------------ the measured functions
@@ -243,6 +259,8 @@ def _setup_linear_torch(
     import ls_xp
 
     torch.set_num_threads(os.cpu_count() or 1)
+    if impl.startswith("torch-compiled-"):
+        return _compiled_step(impl, h_np, w_np, y_np, dtype, device)
     h0, w0 = (torch.from_numpy(a).to(device=device, dtype=getattr(torch, dtype)) for a in (h_np, w_np))
     y = torch.from_numpy(y_np).to(device)
     sync = torch.cuda.synchronize if h0.is_cuda else (lambda: None)
@@ -299,3 +317,36 @@ def _setup_linear_jax(
         return out
 
     return run_jax
+
+
+def _compiled_step(impl: str, h_np: Any, w_np: Any, y_np: Any, dtype: str, device: str) -> Callable[[], Any]:
+    """``torch.compile`` of the whole training step's forward, Linear -> loss, the same way for
+    both losses (default mode, static shapes); the backward is the compiled graph's. The
+    first call (the bench's warm-up, not timed) compiles."""
+    import torch
+
+    import ls_xp
+
+    dt = getattr(torch, dtype)
+    lin = torch.nn.Linear(w_np.shape[1], w_np.shape[0], bias=False, device=device, dtype=dt)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w_np))
+    h = torch.from_numpy(h_np).to(device=device, dtype=dt)
+    y = torch.from_numpy(y_np).to(device)
+    sync = torch.cuda.synchronize if h.is_cuda else (lambda: None)
+
+    def forward(x: Any, t: Any) -> Any:
+        if impl == "torch-compiled-ls_xp":
+            return ls_xp.cross_entropy(lin(x), t, EPS)
+        return torch.nn.functional.cross_entropy(lin(x), t, label_smoothing=EPS)
+
+    step = torch.compile(forward, fullgraph=True, dynamic=False)
+
+    def run() -> Any:
+        lin.weight.grad = None
+        loss = step(h, y)
+        loss.backward()
+        sync()
+        return loss
+
+    return run
