@@ -1,0 +1,37 @@
+"""The compiled column of ``ls-xp bench``: its workload, its peers and its ratios (timings
+stay in the bench itself)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ls_xp._tools import bench, workloads
+
+
+def test_the_compiled_workload_is_linear_256_to_32000_on_4096_rows():
+    assert workloads.parse_size("compiled") == (4096, 256, 32000)
+    assert workloads.is_compiled("compiled") and not workloads.is_linear("compiled")
+    assert workloads.is_linear("linear") and not workloads.is_compiled("linear")
+
+
+def test_the_compiled_workload_pairs_ls_xp_with_native_compiled_the_same_way():
+    pytest.importorskip("torch")
+    impls = bench.available_implementations(["torch"], compiled=True)
+    assert impls == [("torch", "torch-compiled-ls_xp"), ("torch", "torch-compiled-native")]
+
+
+def test_ratios_divide_the_compiled_ls_xp_by_its_peer():
+    def run(impl: str, t: float, m: int) -> dict:
+        return {"backend": "torch", "impl": impl, "size": "compiled", "time_s": t, "peak_bytes": m}
+
+    runs = [run("torch-compiled-ls_xp", 1.0, 100), run("torch-compiled-native", 2.0, 400)] * 3
+    (r,) = bench.ratios(runs)
+    assert r["peer"] == "torch-compiled-native"
+    assert r["time_ratio"] == 0.5 and r["memory_ratio"] == 0.25
+
+
+def test_a_compiled_step_runs_and_returns_the_loss():
+    torch = pytest.importorskip("torch")
+    step = workloads.setup("torch", "torch-compiled-ls_xp", (16, 8, 32), "float32", "cpu")
+    native = workloads.setup("torch", "torch-compiled-native", (16, 8, 32), "float32", "cpu")
+    torch.testing.assert_close(step(), native())
