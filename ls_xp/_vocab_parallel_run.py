@@ -68,7 +68,7 @@ def _concat_locals(xp: ModuleType, parts: list[Local]) -> Local:
     return Local._make([*fields, extra])
 
 
-def _hold(xp: ModuleType, held: dict[str, Any], loc: Local, sl: slice, n: int) -> None:
+def hold(xp: ModuleType, held: dict[str, Any], loc: Local, sl: slice, n: int) -> None:
     """A block's per-row statistics copied into whole (n, 1) columns, allocated at the
     first block. The blocks' own small arrays are then freed with the block, so no
     long-lived small array sits between the block temporaries on the heap (which would
@@ -84,7 +84,7 @@ def _hold(xp: ModuleType, held: dict[str, Any], loc: Local, sl: slice, n: int) -
         held[name] = xpx.at(held[name], (sl, slice(None))).set(a)
 
 
-def _held_local(held: dict[str, Any]) -> Local:
+def held_local(held: dict[str, Any]) -> Local:
     extra = {k[len("extra.") :]: a for k, a in held.items() if k.startswith("extra.")}
     return Local._make([*(held[f] for f in Local._fields if f != "extra"), extra])
 
@@ -136,13 +136,13 @@ def evaluate(
         if len(starts) == 1 or dense:
             parts.append(loc)
         else:
-            _hold(xp, held, loc, sl, n)
+            hold(xp, held, loc, sl, n)
         if grad is not None and e is not None:
             grad = xpx.at(grad, (sl, slice(None))).set(e)
         es.append(e if grad is None and want_grad else None)
         del loc, e
     if held:
-        parts.append(_held_local(held))
+        parts.append(held_local(held))
     stats = statistics(xp, st, rows, parts, coll)
     if not want_grad:
         return stats, None

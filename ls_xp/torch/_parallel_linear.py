@@ -54,41 +54,41 @@ class _Problem:
             step,
         )
 
+    _whole: vp.Rows | None = None
+
     def blocks(self) -> list[slice]:
         n = self.hidden.shape[0]
         return [slice(lo, min(n, lo + self.step)) for lo in range(0, n, self.step)] or [slice(0, 0)]
 
     def rows(self, sl: slice) -> vp.Rows:
-        """The block's local logits (the only (n_B, k) array) as rows."""
+        """The block's local logits (the only (n_B, k) array) as rows; the per-row columns
+        are the whole problem's (:attr:`whole`), cut."""
         x = self.hidden[sl] @ self.w.T
         if self.bias is not None:
             x += self.bias
-        rows = vp.prepare(torch_xp, self.st, x, self.y[sl], self.weight, None, 1)
-        return rows._replace(owned=rows.x is x)  # (ours: shifted in place)
+        return self.whole.cut(sl)._replace(x=x, owned=True)  # (ours: shifted in place)
 
-
-def _joined(parts: list[vp.Rows], p: _Problem) -> vp.Rows:
-    """The per-row columns of every block as one Rows (no logits: a shape-only view)."""
-    cat = [
-        None if getattr(parts[0], f) is None else torch.cat([getattr(r, f) for r in parts])
-        for f in ("y", "y_loc", "own", "valid", "ok", "w_y")
-    ]
-    x = torch.empty((), dtype=p.st.dtype, device=p.w.device).expand(p.y.shape[0], p.w.shape[0])
-    y, y_loc, own, valid, ok, w_y = cat
-    return vp.Rows(x, y, y_loc, own, None, valid, ok, None, parts[0].w, w_y)
+    @property
+    def whole(self) -> vp.Rows:
+        """The per-row columns of every row, made once (no logits: a shape-only view)."""
+        if self._whole is None:
+            shape = (self.y.shape[0], self.w.shape[0])
+            x = torch.empty((), dtype=self.st.dtype, device=self.w.device).expand(*shape)
+            self._whole = vp.prepare(torch_xp, self.st, x, self.y, self.weight, None, 1)
+        return self._whole
 
 
 class _VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, w: Tensor, bias: Tensor | None, p: _Problem, coll: Any) -> Tensor:
         with torch.no_grad():
-            parts, columns = [], []
+            held: dict[str, Any] = {}  # the blocks' statistics, as whole columns
             for sl in p.blocks():
                 rows = p.rows(sl)
                 pk = vpr.picks(torch_xp, sl.stop - sl.start, w.shape[0], False, w.device)
-                parts.append(vp.local_block(torch_xp, p.st, rows, pk)[0])
-                columns.append(rows._replace(x=None))  # (the block's logits go here)
-            stats = vpr.statistics(torch_xp, p.st, _joined(columns, p), parts, coll)
+                vpr.hold(torch_xp, held, vp.local_block(torch_xp, p.st, rows, pk)[0], sl, p.y.shape[0])
+                del rows  # (the block's logits)
+            stats = vpr.statistics(torch_xp, p.st, p.whole, [vpr.held_local(held)], coll)
             loss = vpr.reduce_rows(torch_xp, p.st, stats.glob, (p.y.shape[0],))
         ctx.p, ctx.stats, ctx.coll, ctx.h_shape = p, stats, coll, hidden.shape
         return loss.to(hidden.dtype)
