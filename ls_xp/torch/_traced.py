@@ -92,6 +92,41 @@ class _TracedCE(torch.autograd.Function):
         )
 
 
+class _TracedRecomputeCE(torch.autograd.Function):
+    """The loss; its backward recomputes the logits' gradient from the saved logits in one
+    traced evaluation, scaled by the incoming gradient. Under the compiler the forward
+    writes no N x K array (it reads the logits) and the backward writes one, which
+    Inductor may put in the saved logits' buffer (donated once the backward has read it)."""
+
+    @staticmethod
+    def forward(
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        where: Tensor | None,
+        smoothing: Any,
+        opts: Options,
+        req: Request,
+    ) -> Any:
+        return evaluate(logits, target, smoothing, weight, where, opts, req).loss
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        logits, target, weight, where, smoothing, opts, req = inputs
+        ctx.opts, ctx.req, ctx.smoothing = opts, req, smoothing
+        ctx.save_for_backward(logits, target, weight, where)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Any, ...]:
+        logits, target, weight, where = ctx.saved_tensors
+        opts, req = ctx.opts, ctx.req
+        grad_req = Request(kl=req.kl, loss=False, grad=True, inplace=False)
+        grad = evaluate(logits, target, ctx.smoothing, weight, where, opts, grad_req).grad
+        assert grad is not None
+        scale = broadcastable(grad_out, logits.ndim, opts.axis, opts.reduction, opts.shift)
+        return grad * scale.to(grad.dtype), None, None, None, None, None, None
+
+
 def traced_loss(
     logits: Tensor,
     target: Tensor,
@@ -117,4 +152,8 @@ def traced_loss(
         res = evaluate(logits, target, smoothing, weight, where, opts, req)
         assert res.loss is not None
         return res.loss
+    if needs == (True, False, False) and not isinstance(smoothing, torch.Tensor):
+        return _TracedRecomputeCE.apply(
+            logits, target, weight, where, smoothing, opts, replace(req, grad=False)
+        )
     return _TracedCE.apply(logits, target, weight, where, smoothing, opts, req)[0]
