@@ -241,3 +241,13 @@ def test_time_left_is_per_backend_and_says_when_it_is_a_lower_bound():
     assert printer.live_line().endswith(" elapsed")  # a lower bound under a second is no estimate
     printer(_event(2, "running", left=30.0))
     assert re.search(r", ~(29|30)\.\d s left$", printer.live_line())
+
+
+def test_bench_ranks_runs_the_vocabulary_parallel_benchmark(monkeypatch):
+    from ls_xp._tools import bench_ranks, cli
+
+    seen = []
+    monkeypatch.setattr(bench_ranks, "main", lambda argv: seen.append(list(argv)) or 0)
+    args = cli.build_parser().parse_args(["bench", "--ranks", "2", "--json"])
+    assert args.func(args) == 0
+    assert seen == [["--ranks", "2", "--pairs", "3", "--repeats", "5", "--json"]]

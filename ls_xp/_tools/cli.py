@@ -232,6 +232,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.ranks is not None:  # the vocabulary-parallel loss on R gloo processes
+        from ls_xp._tools import bench_ranks
+
+        flags = [
+            "--ranks",
+            str(args.ranks),
+            "--pairs",
+            str(max(args.pairs, 3) if args.pairs == 1 else args.pairs),
+        ]
+        return bench_ranks.main([*flags, "--repeats", str(args.repeats), *(["--json"] if args.json else [])])
     from ls_xp._tools import bench as _bench
 
     def progress(msg: str) -> None:
@@ -351,6 +361,13 @@ def _add_bench(sub: Any) -> None:
     p_b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="logits dtype")
     p_b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, gpu (JAX), ... (default cpu)")
     p_b.add_argument("--busy", action="store_true", help="keep one core busy with a spinning process")
+    p_b.add_argument(
+        "--ranks",
+        type=_positive_int,
+        default=None,
+        help="R gloo processes on 127.0.0.1: the vocabulary-parallel loss against one process and "
+        "torch's loss_parallel (per-rank peak memory and time; --pairs defaults to 3 here)",
+    )
     p_b.add_argument("--json", action="store_true", help="machine-readable output")
     p_b.add_argument("--plot", metavar="FILE.png", help="draw time and memory per backend and size")
     p_b.set_defaults(func=_cmd_bench)
