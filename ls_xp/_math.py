@@ -167,8 +167,8 @@ class BlockRows(NamedTuple):
             self.w,
             cut(self.w_y),
             self.w_sum,
-            cut(self.factor),
-            cut(self.factor_z),
+            factor := cut(self.factor),
+            factor if self.factor_z is self.factor else cut(self.factor_z),
         )
 
 
