@@ -115,3 +115,24 @@ def test_fused_linear_return_aux_with_autograd():
     loss.backward()
     for got, exp in zip(aux, want_aux, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-10)
+
+
+def test_the_modules_take_the_options_keyword_only():
+    from ls_xp.torch import CrossEntropyLoss, LinearCrossEntropyLoss
+
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 5, (6,))
+    module = CrossEntropyLoss(label_smoothing=0.1, z_loss=1e-2, softcap=3.0, return_aux=True)
+    loss, aux = module(x, y)
+    want, waux = ls_xp.cross_entropy(x, y, 0.1, axis=1, z_loss=1e-2, softcap=3.0, return_aux=True)
+    torch.testing.assert_close(loss, want) and torch.testing.assert_close(aux.lse, waux.lse)
+    assert "z_loss=0.01" in repr(module) and int(aux.count) == 6
+    h, head, t = (
+        torch.randn(2, 4, 3, dtype=torch.float64),
+        torch.nn.Linear(3, 7).double(),
+        torch.randint(0, 7, (2, 4)),
+    )
+    fused = LinearCrossEntropyLoss(head, label_smoothing=0.1, shift=1, z_loss=1e-3, softcap=5.0)(h, t)
+    want = ls_xp.cross_entropy(head(h), t, 0.1, shift=1, z_loss=1e-3, softcap=5.0)
+    torch.testing.assert_close(fused, want)
+    with pytest.raises(ValueError, match="z_loss must be a finite number >= 0"):
+        CrossEntropyLoss(z_loss=-1.0)

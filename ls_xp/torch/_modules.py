@@ -42,6 +42,14 @@ class _Options:
         raise NotImplementedError
 
 
+_LLM_DEFAULTS: dict[str, Any] = {"z_loss": 0.0, "softcap": None, "shift": 0, "return_aux": False}
+
+
+def _llm(module: Any) -> dict[str, Any]:
+    """The language-model keywords of a module (z_loss, softcap, shift, return_aux)."""
+    return {k: getattr(module, k, d) for k, d in _LLM_DEFAULTS.items()}
+
+
 class CrossEntropyLoss(_Options, torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss``, computed by ls_xp: a drop-in replacement.
 
@@ -81,10 +89,15 @@ class CrossEntropyLoss(_Options, torch.nn.CrossEntropyLoss):
         *,
         convention: str = "uniform",
         chunk_size: int | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        shift: int = 0,
+        return_aux: bool = False,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         self.convention = convention
         self.chunk_size = chunk_size
+        self.z_loss, self.softcap, self.shift, self.return_aux = z_loss, softcap, shift, return_aux
         self._options()  # checked now
 
     def _make_options(self) -> tuple[Options, Options]:
@@ -92,7 +105,7 @@ class CrossEntropyLoss(_Options, torch.nn.CrossEntropyLoss):
         _validate.check_smoothing(None, self.label_smoothing)
         opts = _validate.options(
             reduction=self.reduction, ignore_index=self.ignore_index, axis=1,
-            convention=self.convention, chunk_size=self.chunk_size,
+            convention=self.convention, chunk_size=self.chunk_size, **_llm(self),
         )  # fmt: skip
         return opts, replace(opts, axis=0)
 
@@ -106,6 +119,7 @@ class CrossEntropyLoss(_Options, torch.nn.CrossEntropyLoss):
             extras.append(f"convention={self.convention!r}")
         if self.chunk_size is not None:
             extras.append(f"chunk_size={self.chunk_size}")
+        extras += [f"{k}={v!r}" for k, v in _llm(self).items() if v != _LLM_DEFAULTS[k]]
         return ", ".join(extras)
 
 
@@ -224,6 +238,10 @@ class LinearCrossEntropyLoss(_Options, torch.nn.Module):
         *,
         convention: str = "uniform",
         chunk_size: int | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        shift: int = 0,
+        return_aux: bool = False,
     ) -> None:
         super().__init__()
         if head is not None and not isinstance(head, (torch.nn.Linear, torch.Tensor)):
@@ -234,14 +252,16 @@ class LinearCrossEntropyLoss(_Options, torch.nn.Module):
             raise ValueError(f"head must be a (V, D) weight tensor, got shape {tuple(head.shape)}")
         _validate.check_smoothing(None, label_smoothing)
         opts = _validate.options(
-            reduction=reduction, ignore_index=ignore_index, convention=convention, chunk_size=chunk_size
-        )
+            reduction=reduction, ignore_index=ignore_index, convention=convention, chunk_size=chunk_size,
+            z_loss=z_loss, softcap=softcap, shift=shift, return_aux=return_aux,
+        )  # fmt: skip
         self._head = (head,)  # a reference, not a submodule: the model owns the parameters
         self.ignore_index = opts.ignore_index
         self.reduction = opts.reduction
         self.label_smoothing = float(label_smoothing)
         self.convention = opts.convention
         self.chunk_size = opts.chunk_size
+        self.z_loss, self.softcap, self.shift, self.return_aux = z_loss, softcap, shift, return_aux
         self.register_buffer("weight", weight)
         self.__dict__["_ls_xp_options"] = opts
 
@@ -249,7 +269,7 @@ class LinearCrossEntropyLoss(_Options, torch.nn.Module):
         _validate.check_smoothing(None, self.label_smoothing)
         return _validate.options(
             reduction=self.reduction, ignore_index=self.ignore_index, convention=self.convention,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, **_llm(self),
         )  # fmt: skip
 
     @property
@@ -286,4 +306,5 @@ class LinearCrossEntropyLoss(_Options, torch.nn.Module):
             extras.append(f"convention={self.convention!r}")
         if self.chunk_size is not None:
             extras.append(f"chunk_size={self.chunk_size}")
+        extras += [f"{k}={v!r}" for k, v in _llm(self).items() if v != _LLM_DEFAULTS[k]]
         return ", ".join(extras)
