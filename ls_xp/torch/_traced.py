@@ -75,7 +75,8 @@ class _TracedCE(torch.autograd.Function):
         ctx.save_for_backward(*(t for t in (grad, tgrad, dsmooth) if t is not None))
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        grad_out = grad_outputs[0]
         saved = list(ctx.saved_tensors)
         grad = saved.pop(0) if ctx.has[0] else None
         tgrad = saved.pop(0) if ctx.has[1] else None
@@ -117,7 +118,8 @@ class _TracedRecomputeCE(torch.autograd.Function):
         ctx.save_for_backward(logits, target, weight, where)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        grad_out = grad_outputs[0]
         logits, target, weight, where = ctx.saved_tensors
         opts, req = ctx.opts, ctx.req
         grad_req = Request(kl=req.kl, loss=False, grad=True, inplace=False)
