@@ -8,6 +8,26 @@ the documentation build turns into a link to that parameter's section."""
 
 from __future__ import annotations
 
+# the language-model keywords, shared by the loss and the fused linear functions
+LLM_DOC = """
+    z_loss : float
+        Adds ``z_loss * lse**2`` per counted position (PaLM's z-loss, lse of the
+        softcapped logits); under ``"mean"`` divided by the number of counted positions,
+        also with class weights (Liger-Kernel's definition). Default 0. See "z_loss" in
+        the parameters guide.
+    softcap : float, optional
+        Logits become ``softcap * tanh(logits / softcap)`` before everything else (Gemma
+        2); an error with ``log_probs=True``. See "softcap" in the parameters guide.
+    shift : int
+        With the classes last, position t is scored against target t + shift along the
+        axis before them, without copying (``shift=1``: the causal-LM loss); ``"none"``
+        returns the ``T - shift`` scored positions. See "shift" in the parameters guide.
+    return_aux : bool
+        Also return an :class:`ls_xp.Aux` of the same pass (lse, z-loss term, accuracy,
+        count; no gradient): ``(loss, aux)``, ``((loss, aux), grad)`` from the gradient
+        functions. See "return_aux" in the parameters guide.
+"""
+
 SHARED_DOC = """
     Parameters
     ----------
@@ -50,22 +70,7 @@ SHARED_DOC = """
     check_values : bool, optional
         Whether values are read back to raise on bad ones; by default yes on host arrays,
         no on accelerators (NaN there). See "check_values" in the parameters guide.
-    z_loss : float
-        Adds ``z_loss * lse**2`` per counted position (PaLM's z-loss, lse of the
-        softcapped logits); under ``"mean"`` divided by the number of counted positions,
-        also with class weights (Liger-Kernel's definition). Default 0. See "z_loss" in
-        the parameters guide.
-    softcap : float, optional
-        Logits become ``softcap * tanh(logits / softcap)`` before everything else (Gemma
-        2); an error with ``log_probs=True``. See "softcap" in the parameters guide.
-    shift : int
-        With the classes last, position t is scored against target t + shift along the
-        axis before them, without copying (``shift=1``: the causal-LM loss); ``"none"``
-        returns the ``T - shift`` scored positions. See "shift" in the parameters guide.
-    return_aux : bool
-        Also return an :class:`ls_xp.Aux` of the same pass (lse, z-loss term, accuracy,
-        count; no gradient): ``(loss, aux)``, ``((loss, aux), grad)`` from the gradient
-        functions. See "return_aux" in the parameters guide.
+    {llm}
 """
 
 
@@ -128,28 +133,17 @@ LINEAR_DOC = """
     chunk_size : int, optional
         Rows per block; by default about 2**24 logits a block on the CPU, 2**22 in JAX's
         scan and 2**26 on an accelerator. See "chunk_size" in the parameters guide.
-    z_loss : float
-        Adds ``z_loss * lse**2`` per counted position (PaLM's z-loss, lse of the
-        softcapped logits); under ``"mean"`` divided by the number of counted positions,
-        also with class weights (Liger-Kernel's definition). Default 0. See "z_loss" in
-        the parameters guide.
-    softcap : float, optional
-        Logits become ``softcap * tanh(logits / softcap)`` before everything else (Gemma
-        2); an error with ``log_probs=True``. See "softcap" in the parameters guide.
-    shift : int
-        With the classes last, position t is scored against target t + shift along the
-        axis before them, without copying (``shift=1``: the causal-LM loss); ``"none"``
-        returns the ``T - shift`` scored positions. See "shift" in the parameters guide.
-    return_aux : bool
-        Also return an :class:`ls_xp.Aux` of the same pass (lse, z-loss term, accuracy,
-        count; no gradient): ``(loss, aux)``, ``((loss, aux), grad)`` from the gradient
-        functions. See "return_aux" in the parameters guide.
+    {llm}
     accum_dtype : dtype, optional
         The dtype in which the classifier's and bias's gradients are summed across
         blocks; default float32 for float16/bfloat16 parameters (PyTorch's and
         Liger-Kernel's name), their own dtype otherwise. Each gradient is returned in its
         input's dtype.
 """
+
+
+SHARED_DOC = SHARED_DOC.replace("    {llm}\n", LLM_DOC)
+LINEAR_DOC = LINEAR_DOC.replace("    {llm}\n", LLM_DOC)
 
 
 def public_doc(doc: str) -> str:
