@@ -47,6 +47,7 @@ from ls_xp import _plan
 from ls_xp import _validate as v
 from ls_xp._evaluate import Aux, Request, class_indices, evaluate, total_weight
 from ls_xp._numeric import astype, safe_divide
+from ls_xp._shift import scored
 
 Array = Any
 
@@ -411,7 +412,7 @@ def finish(
         _reduce(eps_row, 0.0),
         None if aux_rows is None else _aux(p, aux_rows, _reduce),
     )
-    return res if not p.opts.shift else _cut(p, res)
+    return res if not p.opts.shift else scored(res, p.opts.shift, p.reduction == "none")
 
 
 def _aux(p: Problem, rows: Aux, reduce: Any) -> Aux:
@@ -424,21 +425,3 @@ def _aux(p: Problem, rows: Aux, reduce: Any) -> Aux:
     index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(p.hidden))
     count = xp.astype(xp.asarray(p.count, device=get_device(p.hidden)), index_dtype)
     return Aux(xp.reshape(rows.lse, p.batch_shape), reduce(rows.z_loss, 0.0), accuracy, count)
-
-
-def _cut(p: Problem, res: LinearResult) -> LinearResult:
-    """Per-position outputs over the scored positions of the causal shift (lse always,
-    the rest for ``"none"``)."""
-
-    def cut(a: Array | None) -> Array | None:
-        return None if a is None else a[..., : a.shape[-1] - p.opts.shift]
-
-    none = p.reduction == "none"
-    aux = res.aux
-    if aux is not None:
-        aux = aux._replace(lse=cut(aux.lse))
-        if none:
-            aux = aux._replace(accuracy=cut(aux.accuracy), z_loss=cut(aux.z_loss))
-    if not none:
-        return res._replace(aux=aux)
-    return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)

@@ -11,7 +11,7 @@ library makes one) and their gradients padded back with zeros.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from array_api_compat import device as get_device
 
@@ -64,20 +64,30 @@ class Shift(NamedTuple):
                 grad=self._pad(xp, res.grad, False), target_grad=self._pad(xp, res.target_grad, True)
             )
 
-        def cut(a: Array | None) -> Array | None:
-            return None if a is None else a[..., : a.shape[-1] - self.shift]
-
-        aux, per_position = res.aux, opts.reduction == "none"
-        if aux is not None:  # (lse is per position whatever the reduction)
-            aux = aux._replace(lse=cut(aux.lse))
-            if per_position:
-                aux = aux._replace(accuracy=cut(aux.accuracy), z_loss=cut(aux.z_loss))
-        if not per_position:
-            return res._replace(aux=aux)
-        return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)
+        return scored(res, self.shift, opts.reduction == "none")
 
     def _pad(self, xp: ModuleType, g: Array | None, front: bool) -> Array | None:
         if g is None:
             return None
         zeros = xp.zeros((*g.shape[:-2], self.shift, g.shape[-1]), dtype=g.dtype, device=get_device(g))
         return xp.concat([zeros, g] if front else [g, zeros], axis=-2)
+
+
+_R = TypeVar("_R", bound=Any)
+
+
+def scored(res: _R, shift: int, per_position: bool) -> _R:
+    """A result (the loss's or the fused loss's) over the ``T - shift`` scored positions:
+    ``lse`` always, the loss, its eps-derivative and the other statistics for ``"none"``."""
+
+    def cut(a: Array | None) -> Array | None:
+        return None if a is None else a[..., : a.shape[-1] - shift]
+
+    aux = res.aux
+    if aux is not None:  # (lse is per position whatever the reduction)
+        aux = aux._replace(lse=cut(aux.lse))
+        if per_position:
+            aux = aux._replace(accuracy=cut(aux.accuracy), z_loss=cut(aux.z_loss))
+    if not per_position:
+        return res._replace(aux=aux)
+    return res._replace(loss=cut(res.loss), smoothing_grad=cut(res.smoothing_grad), aux=aux)
