@@ -17,7 +17,10 @@ arrays (and tracers) and route them to this package's adapter (``_adapter``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (imported lazily at run time: see ``__getattr__``)
+    from ls_xp.jax._parallel import vocab_parallel_cross_entropy
 
 __all__ = ["vocab_parallel_cross_entropy"]  # (inside jax.shard_map: ls_xp.jax._parallel)
 

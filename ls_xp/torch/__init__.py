@@ -35,9 +35,13 @@ core as the adapter calls it, and PyTorch's block sizes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ls_xp.torch._modules import CrossEntropyLoss, LabelSmoothingCrossEntropy, LinearCrossEntropyLoss
+
+if TYPE_CHECKING:  # (imported lazily at run time: see ``__getattr__``)
+    from ls_xp.torch._parallel import vocab_parallel_cross_entropy
+    from ls_xp.torch._parallel_linear import vocab_parallel_linear_cross_entropy
 
 # (also ``cross_entropy``, ``kl_divergence`` and ``linear_cross_entropy``, through ``__getattr__``)
 __all__ = [
