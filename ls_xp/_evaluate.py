@@ -18,13 +18,13 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, is_writeable_array
-from array_api_compat import device as get_device
 
 from ls_xp import _math, _plan
 from ls_xp import _validate as v
 from ls_xp._math import BlockOut, BlockRows, Spec
 from ls_xp._numeric import astype, is_zero, move_axis, safe_divide
 from ls_xp._picks import Picks, scatters_in_place, take_class
+from ls_xp._plan import device_of
 from ls_xp._shift import Shift
 
 Array = Any
@@ -113,7 +113,7 @@ def evaluate(
         raise ValueError("logits must have at least one dimension (the class axis)")
     shape = v.check_known_shape(logits, "logits")
     ax = v.check_axis(opts.axis, logits.ndim)
-    dev = get_device(logits)
+    dev = device_of(logits)
     dt = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 compute in float32
     sp = Spec(
         eps=v.check_smoothing(xp, smoothing, dt, dev, read), convention=opts.convention,
@@ -187,7 +187,7 @@ def _assemble(
             else:
                 accuracy = xp.where(rows.count != 0, accuracy, math.nan)
         shape_z = batch_shape if opts.reduction == "none" else ()
-        zero = xp.zeros(shape_z, dtype=dt, device=get_device(logits))
+        zero = xp.zeros(shape_z, dtype=dt, device=device_of(logits))
         aux = Aux(
             lse=astype(xp, xp.reshape(lse, batch_shape), dt),
             z_loss=zero if z_term is None else z_term,
@@ -204,9 +204,9 @@ def _assemble(
 
 
 def _count(xp: ModuleType, rows: _Rows, logits: Array) -> Array:
-    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(logits))
+    index_dtype = xpx.default_dtype(xp, "indexing", device=device_of(logits))
     if isinstance(rows.count, float):
-        return xp.asarray(int(rows.count), dtype=index_dtype, device=get_device(logits))
+        return xp.asarray(int(rows.count), dtype=index_dtype, device=device_of(logits))
     return xp.astype(rows.count, index_dtype)
 
 
@@ -279,7 +279,7 @@ def _rows(
     ``"mean"`` denominator and each row's factor."""
     shape = tuple(logits.shape)
     num_classes = shape[ax]
-    dt, dev = sp.dtype, get_device(logits)
+    dt, dev = sp.dtype, device_of(logits)
     soft = v.is_probability_target(xp, logits, target, ax)
     if soft and opts.ignore_index >= 0:
         raise ValueError(
@@ -321,7 +321,7 @@ def _index_rows(
 ) -> _Rows:
     """The bookkeeping of class indices: which rows count, and each row's factor."""
     num_classes, dt = x.shape[1], sp.dtype
-    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(x))
+    index_dtype = xpx.default_dtype(xp, "indexing", device=device_of(x))
     y = astype(xp, xp.reshape(target, (-1, 1)), index_dtype)  # a column, like every per-row array
     valid, ok, safe = class_indices(xp, y, num_classes, opts.ignore_index, sp.read)
     if m is not None:
@@ -379,7 +379,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
     eps) and the (N, K) gradients, filled block by block where there is more than one."""
     br = rw.block
     n_rows, num_classes = br.x.shape
-    dt, dev = sp.dtype, get_device(br.x)
+    dt, dev = sp.dtype, device_of(br.x)
     if n_rows == 0:  # nothing to evaluate (lazy reductions refuse empty input)
         empty = xp.zeros((0, num_classes), dtype=dt, device=dev)
         column = xp.zeros((0, 1), dtype=dt, device=dev)

@@ -41,12 +41,12 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as get_device
 
 from ls_xp import _plan
 from ls_xp import _validate as v
 from ls_xp._evaluate import Aux, Request, class_indices, evaluate, total_weight
 from ls_xp._numeric import astype, safe_divide
+from ls_xp._plan import device_of
 from ls_xp._shift import scored
 
 Array = Any
@@ -99,7 +99,7 @@ def setup(
     """Check the arguments (shapes, dtypes, and label and weight values where they may be
     read) and compute the "mean" denominator."""
     xp = array_namespace(hidden)
-    dev = get_device(hidden)
+    dev = device_of(hidden)
     plan = _plan.plan(hidden)
     read = plan == "cpu" if opts.check_values is None else opts.check_values
     v.check_floating(xp, hidden, "hidden")
@@ -142,7 +142,7 @@ def _shifted(xp: ModuleType, target: Array, h_shape: tuple[int, ...], opts: v.Op
     if opts.shift >= h_shape[-2]:
         raise ValueError(f"shift={opts.shift} must be smaller than the sequence length {h_shape[-2]}")
     pad = xp.full(
-        (*h_shape[:-2], opts.shift), opts.ignore_index, dtype=target.dtype, device=get_device(target)
+        (*h_shape[:-2], opts.shift), opts.ignore_index, dtype=target.dtype, device=device_of(target)
     )
     return xp.concat([target[..., opts.shift :], pad], axis=-1)
 
@@ -294,7 +294,7 @@ def evaluate_linear(
     JAX, whose adapter runs :func:`block` in ``lax.scan``). ``row_scale`` (N,) weights the
     rows of the gradients: the cotangent of ``reduction="none"``."""
     p = setup(hidden, classifier, target, smoothing, bias, weight, opts)
-    xp, dev = p.xp, get_device(p.hidden)
+    xp, dev = p.xp, device_of(p.hidden)
     n_rows, dim = p.hidden.shape
     step = block_rows(p, opts.chunk_size)
     scale = None if row_scale is None else xp.reshape(astype(xp, row_scale, p.classifier.dtype), (-1,))
@@ -336,7 +336,7 @@ def _joined(
     p: Problem, parts: list[BlockOut], want_smoothing_grad: bool
 ) -> tuple[Array, Array | None, Aux | None]:
     """The blocks' per-row values, joined."""
-    xp, dev = p.xp, get_device(p.hidden)
+    xp, dev = p.xp, device_of(p.hidden)
     if not parts:
         empty = xp.zeros((0,), dtype=xp.result_type(p.classifier.dtype, xp.float32), device=dev)
         aux = Aux(empty, empty, empty, empty) if p.opts.return_aux else None
@@ -422,6 +422,6 @@ def _aux(p: Problem, rows: Aux, reduce: Any) -> Aux:
     accuracy = xp.sum(rows.accuracy) if p.reduction != "none" else xp.reshape(rows.accuracy, p.batch_shape)
     if p.reduction == "mean":
         accuracy = safe_divide(xp, accuracy, p.count, math.nan)
-    index_dtype = xpx.default_dtype(xp, "indexing", device=get_device(p.hidden))
-    count = xp.astype(xp.asarray(p.count, device=get_device(p.hidden)), index_dtype)
+    index_dtype = xpx.default_dtype(xp, "indexing", device=device_of(p.hidden))
+    count = xp.astype(xp.asarray(p.count, device=device_of(p.hidden)), index_dtype)
     return Aux(xp.reshape(rows.lse, p.batch_shape), reduce(rows.z_loss, 0.0), accuracy, count)

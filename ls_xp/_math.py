@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from array_api_compat import device as get_device
-
 from ls_xp._numeric import astype, is_zero, log_plus_one, weighted, xlogx
 from ls_xp._picks import Picks, at, put_per_row, take_class, take_per_row
+from ls_xp._plan import device_of
 
 Array = Any
 
@@ -454,7 +453,7 @@ def _index_grad(
         off = b * r if cw is None else (b * r) * cw
     neg_on = (-a * wy) * r  # minus the rest of w_y q_y r, at y
     if sp.log_probs:
-        base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=get_device(ls.z))
+        base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=device_of(ls.z))
         g = base if off is None else base - off
         return put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     assert ls.s is not None and ls.top is not None

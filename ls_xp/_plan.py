@@ -66,8 +66,18 @@ def on_accelerator(x: Any) -> bool:
     dev = get_device(x)
     if dev is None:  # inside jax.jit: the compiler decides, values are never read anyway
         return False
+    dev = next(iter(getattr(dev, "device_set", None) or (dev,)))  # (a JAX sharding: its devices)
     name = str(getattr(dev, "platform", None) or getattr(dev, "type", None) or dev).lower()
     return any(k in name for k in _ACCELERATOR_NAMES)
+
+
+def device_of(x: Any) -> Any:
+    """The device new arrays like ``x`` are made on: ``x``'s device, or ``None`` (the
+    library's default) when ``x`` is a JAX array sharded over several devices, whose
+    sharding names a layout of ``x``'s shape that a new array of another shape cannot take;
+    JAX places such arrays where the operations that use them ask."""
+    dev = get_device(x)
+    return None if len(getattr(dev, "device_set", ())) > 1 else dev
 
 
 def plan(x: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from array_api_compat import device as get_device
+from ls_xp._plan import device_of
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -52,7 +52,7 @@ class Shift(NamedTuple):
             if where is not None and where.ndim >= 2 and where.shape[-2] == length:
                 where = where[..., : length - s, :]
         elif tuple(target.shape) == shape[:-1]:  # (anything else: the usual shape error)
-            pad = xp.full((*shape[:-2], s), opts.ignore_index, dtype=target.dtype, device=get_device(target))
+            pad = xp.full((*shape[:-2], s), opts.ignore_index, dtype=target.dtype, device=device_of(target))
             target = xp.concat([target[..., s:], pad], axis=-1)
         return Shift(logits, target, where, s, soft)
 
@@ -69,7 +69,7 @@ class Shift(NamedTuple):
     def _pad(self, xp: ModuleType, g: Array | None, front: bool) -> Array | None:
         if g is None:
             return None
-        zeros = xp.zeros((*g.shape[:-2], self.shift, g.shape[-1]), dtype=g.dtype, device=get_device(g))
+        zeros = xp.zeros((*g.shape[:-2], self.shift, g.shape[-1]), dtype=g.dtype, device=device_of(g))
         return xp.concat([zeros, g] if front else [g, zeros], axis=-2)
 
 

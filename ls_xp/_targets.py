@@ -8,10 +8,10 @@ from typing import Any
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as get_device
 
 from ls_xp import _plan
 from ls_xp import _validate as v
+from ls_xp._plan import device_of
 from ls_xp._typing import Convention
 
 Array = Any
@@ -54,7 +54,7 @@ def smooth_labels(
     [[0.1, 0.7, 0.1, 0.1]]
     """
     xp = array_namespace(labels)
-    dev = get_device(labels)
+    dev = device_of(labels)
     eps = v.check_smoothing(xp, smoothing, None, dev)
     v.check_choice("convention", convention, v.CONVENTIONS)
     num_classes = v.as_int(num_classes, "num_classes")

@@ -14,9 +14,9 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
-from array_api_compat import device as get_device
 
 from ls_xp._picks import Picks
+from ls_xp._plan import device_of
 from ls_xp._vocab_parallel import (
     Collectives,
     Global,
@@ -80,7 +80,7 @@ def hold(xp: ModuleType, held: dict[str, Any], loc: Local, sl: slice, n: int) ->
             held[name] = a  # a number, or a statistic of the class weights
             continue
         if name not in held:
-            held[name] = xp.empty((n, a.shape[1]), dtype=a.dtype, device=get_device(a))
+            held[name] = xp.empty((n, a.shape[1]), dtype=a.dtype, device=device_of(a))
         held[name] = xpx.at(held[name], (sl, slice(None))).set(a)
 
 
@@ -120,7 +120,7 @@ def evaluate(
     """Steps 1-5 over row blocks of ``step`` rows: the statistics and, if wanted, the
     local gradient (n, k) of the reduced loss (of the sum of the rows for "none")."""
     n, k = rows.x.shape
-    dev = get_device(rows.x)
+    dev = device_of(rows.x)
     step = max(1, min(step, n))
     starts = list(range(0, n, step)) or [0]
     grad = None
