@@ -75,8 +75,20 @@ def take_per_row(xp: ModuleType, a: Array, pk: Picks, cols: Array) -> Array:
 
 
 def take_class(xp: ModuleType, w: Array, cols: Array) -> Array:
-    """``w[cols]`` of the class weights (K,) for an (n, 1) column of classes."""
-    return xp.reshape(xp.take(w, xp.reshape(cols, (-1,)), axis=0), (-1, 1))
+    """``w[cols]`` of the class weights (K,) for an (n, 1) column of classes.
+
+    One gather; where the library refuses it on immutable arrays (JAX's explicit
+    sharding has no layout for a gather from a class-sharded vector), the weight summed
+    over a mask ``classes == cols`` instead, exact (one entry plus zeros) and partitioned
+    with the classes like the logits' own passes.
+    """
+    try:
+        return xp.reshape(xp.take(w, xp.reshape(cols, (-1,)), axis=0), (-1, 1))
+    except Exception:
+        if scatters_in_place(xp):
+            raise
+        classes = xp.arange(w.shape[0], dtype=cols.dtype)
+        return xp.sum(xp.where(classes == cols, w, 0.0), axis=-1, keepdims=True)
 
 
 def put_per_row(
@@ -92,7 +104,10 @@ def put_per_row(
     mixed dtypes, which cannot occur here).
     """
     if not isinstance(at, tuple):
-        return xp.where(at, g + values if add else values, g)
+        # ``+=`` adds a select of the values and zeros (g + 0 is g): a select whose two
+        # cases were g + values and g would need the mask laid out as g is, which a mask
+        # made from arange(K) is not when g is class-sharded (JAX's explicit sharding)
+        return g + xp.where(at, values, 0.0) if add else xp.where(at, values, g)
     if inplace:
         g[at] = g[at] + values if add else values
         return g
