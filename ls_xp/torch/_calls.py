@@ -13,13 +13,38 @@ from typing import Any
 
 import torch
 
-from ls_xp import _linear, _plan
-from ls_xp._evaluate import Request, Result, evaluate
+from ls_xp import _evaluate, _linear, _plan
+from ls_xp._evaluate import Request, Result
 from ls_xp._validate import Options
+from ls_xp.torch import _fused
 
 Tensor = torch.Tensor
 
 __all__ = ["Request", "Result", "blocked", "evaluate", "evaluate_linear", "softmax_rows"]
+
+
+def evaluate(
+    logits: Any,
+    target: Any,
+    smoothing: Any,
+    weight: Any,
+    where: Any,
+    opts: Options,
+    req: Request,
+) -> Result:
+    """One evaluation of the core; on the accelerator plan by the compiled fused block
+    where ``LS_XP_COMPILE`` asks for it (:mod:`ls_xp.torch._fused`), not inside the
+    caller's own compilation, which traces the core itself."""
+    if (
+        isinstance(logits, torch.Tensor)
+        and not torch.compiler.is_compiling()
+        and _plan.plan(logits) == "accelerator"
+        and _fused.wanted(logits)
+    ):
+        res = _fused.fused(logits, target, smoothing, weight, where, opts, req)
+        if res is not None:
+            return res
+    return _evaluate.evaluate(logits, target, smoothing, weight, where, opts, req)
 
 
 def evaluate_linear(

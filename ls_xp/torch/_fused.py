@@ -1,0 +1,214 @@
+"""The eager accelerator plan's fused block: the core's evaluation compiled by Inductor.
+
+Eagerly, each array-API operation of the block is one kernel launch (about fifty per loss
+and backward). On the accelerator plan the same evaluation is compiled instead, once per
+dtype and class-axis layout, with dynamic shapes (a new batch size or class count reuses
+the kernels) and a full graph; the compiled code reads no value back, as the eager plan
+does not. ``LS_XP_COMPILE`` switches it: ``auto`` (the default) compiles on CUDA devices
+where Triton is installed, ``1`` on any device on the accelerator plan (forced on a CPU
+with ``LS_XP_PLAN=accelerator``: C++ kernels), ``0`` never. Where no compiler works the
+evaluation stays eager, with one warning per process.
+
+Each compiled evaluation is its own code object, so that dynamo's per-code recompile
+limit counts the recompilations of one layout, not of all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from functools import cache
+from typing import Any
+
+import torch
+from torch._dynamo.exc import BackendCompilerFailed
+
+from ls_xp._evaluate import Request, Result, evaluate
+from ls_xp._validate import Options
+
+Tensor = torch.Tensor
+
+ENV = "LS_XP_COMPILE"
+_SWITCH = ("auto", "1", "0")
+# the Inductor backend; tests of the tracing alone may set "aot_eager" (no code generated)
+BACKEND = "inductor"
+# compiled layouts per process: beyond it new layouts stay eager (an options object that
+# changes at every call, a z_loss schedule, would otherwise compile at every call)
+MAX_LAYOUTS = 64
+
+_Key = tuple[Any, ...]
+_COMPILED: dict[_Key, Callable[..., Result]] = {}
+_FAILED: set[_Key] = set()
+_BROKEN: set[str] = set()  # device types whose compiler failed: no further attempt
+_warned: list[bool] = [False]
+
+
+def switch() -> str:
+    """The value of ``LS_XP_COMPILE`` (``auto``, ``1`` or ``0``), checked."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    aliases = {"on": "1", "true": "1", "yes": "1", "off": "0", "false": "0", "no": "0"}
+    value = aliases.get(value, value)
+    if value not in _SWITCH:
+        raise ValueError(f"the environment variable {ENV} must be one of auto, 1 or 0, got {value!r}")
+    return value
+
+
+@cache
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # pragma: no cover (another PyTorch)
+        return False
+    return bool(has_triton())
+
+
+def wanted(logits: Tensor) -> bool:
+    """Whether the switch asks for the fused block on ``logits``' device (the caller has
+    checked the plan)."""
+    value = switch()
+    if value == "auto":
+        return logits.device.type == "cuda" and _has_triton()
+    return value == "1"
+
+
+def _usable(
+    logits: Any, target: Any, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
+) -> bool:
+    """What the fused block computes exactly as the eager one does: concrete tensors
+    outside autograd (the eager Functions call it with grad mode off), no value checks
+    asked for (``check_values=True`` reads values back, which compiled code does not),
+    and a freshly written gradient (``overwrite_logits`` writes it into the logits)."""
+    tensors = (logits, target, weight, where, smoothing)
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor) or logits.ndim < 1:
+        return False
+    if not -logits.ndim <= opts.axis < logits.ndim:
+        return False  # (the eager core names the bad axis)
+    if opts.check_values or (opts.overwrite_logits and req.grad) or not isinstance(req.z_scale, float):
+        return False
+    if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors):
+        return False  # a differentiable recomputation (create_graph): eager, joining the graph
+    if torch._C._are_functorch_transforms_active() or logits.device.type in _BROKEN:
+        return False
+    return not (logits.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def _key(
+    logits: Tensor, target: Tensor, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
+) -> _Key:
+    def spec(t: Any) -> Any:
+        return None if t is None else (t.dtype, t.ndim) if isinstance(t, torch.Tensor) else type(t)
+
+    classes = logits.shape[opts.axis % logits.ndim]
+    inputs = tuple(spec(t) for t in (logits, target, weight, where, smoothing))
+    return (logits.device.type, classes, *inputs, opts, req)
+
+
+def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
+    """A new compiled evaluation for one layout (its own code object, see the module)."""
+
+    def run(logits: Tensor, target: Tensor, smoothing: Any, weight: Any, where: Any) -> Result:
+        return evaluate(logits, target, smoothing, weight, where, opts, req)
+
+    # dynamo keeps what it learnt of a function's shapes under its code's name: one per layout
+    name = "ls_xp_fused_" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+    code = run.__code__.replace(co_name=name)
+    own = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
+    return torch.compile(own, backend=BACKEND, fullgraph=True)
+
+
+# the last float smoothing of each layout as a 0-d tensor: dynamo cannot trace a float
+# argument through the core's checks, and a constant would compile anew for every value
+_EPS: dict[_Key, tuple[float, Tensor]] = {}
+
+
+def _smoothing(key: _Key, smoothing: Any, logits: Tensor) -> Any:
+    if isinstance(smoothing, torch.Tensor):
+        return smoothing
+    value = float(smoothing)
+    held = _EPS.get(key)
+    if held is None or held[0] != value:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        held = _EPS[key] = (value, torch.full((), value, dtype=dtype, device=logits.device))
+    return held[1]
+
+
+# where dynamo reads a tensor's dynamic and static dimensions (torch._dynamo.mark_*)
+_MARKS = (
+    "_dynamo_weak_dynamic_indices",
+    "_dynamo_dynamic_indices",
+    "_dynamo_dynamic_range",
+    "_dynamo_static_indices",
+)
+
+
+@contextlib.contextmanager
+def _batch_dynamic(marks: tuple[tuple[Tensor, int | None], ...]) -> Iterator[None]:
+    """Marks the batch dimensions of each tensor dynamic for dynamo, and its class axis
+    (the int, if any) static, for this call only: they are the caller's tensors. The
+    class count is part of the layout (array-api-compat's ``clip`` cannot take a
+    symbolic bound)."""
+    before = [{a: getattr(t, a) for a in _MARKS if hasattr(t, a)} for t, _ in marks]
+    for t, axis in marks:
+        for d in range(t.ndim):
+            if d == axis:
+                torch._dynamo.mark_static(t, d)
+            else:
+                torch._dynamo.maybe_mark_dynamic(t, d)
+    try:
+        yield
+    finally:
+        for (t, _), held in zip(marks, before, strict=True):
+            for a in _MARKS:
+                if a in held:
+                    setattr(t, a, held[a])
+                elif hasattr(t, a):
+                    delattr(t, a)
+
+
+def fused(
+    logits: Any,
+    target: Any,
+    smoothing: Any,
+    weight: Any,
+    where: Any,
+    opts: Options,
+    req: Request,
+) -> Result | None:
+    """The evaluation by the compiled block, or None where the eager one runs instead."""
+    if not _usable(logits, target, weight, where, smoothing, opts, req):
+        return None
+    given, opts = opts, replace(opts, chunk_size=None, workers=None, check_values=False)
+    key = _key(logits, target, weight, where, smoothing, opts, req)
+    if key in _FAILED:
+        return None
+    fn = _COMPILED.get(key)
+    if fn is None:
+        if len(_COMPILED) >= MAX_LAYOUTS:
+            return None
+        fn = _COMPILED[key] = _compiled(key, opts, req)
+    try:
+        axis = opts.axis % logits.ndim
+        marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))
+        with _batch_dynamic(marks):
+            return fn(logits, target, _smoothing(key, smoothing, logits), weight, where)
+    except Exception as exc:  # noqa: BLE001 (the eager evaluation decides whether it was the inputs)
+        eager = evaluate(logits, target, smoothing, weight, where, given, req)
+        _FAILED.add(key)  # the eager block computed it: the compiler failed
+        del _COMPILED[key]
+        if isinstance(exc, BackendCompilerFailed):
+            _BROKEN.add(logits.device.type)
+        if not _warned[0]:
+            _warned[0] = True
+            warnings.warn(
+                f"ls_xp: the fused block could not be compiled ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                f"the eager block runs instead (set {ENV}=0 to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return eager
