@@ -84,6 +84,8 @@ def _usable(
     asked for (``check_values=True`` reads values back, which compiled code does not),
     and a freshly written gradient (``overwrite_logits`` writes it into the logits)."""
     tensors = (logits, target, weight, where, smoothing)
+    if not isinstance(smoothing, torch.Tensor) and not _plain_smoothing(smoothing):
+        return False  # (the eager core raises the error that names it)
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor) or logits.ndim < 1:
         return False
     if not -logits.ndim <= opts.axis < logits.ndim:
@@ -97,22 +99,29 @@ def _usable(
     return not (logits.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
+def _plain_smoothing(smoothing: Any) -> bool:
+    """A number in [0, 1] (the eager core raises for others, which a tensor would not)."""
+    return isinstance(smoothing, (float, int)) and not isinstance(smoothing, bool) and 0 <= smoothing <= 1
+
+
 def _key(
     logits: Tensor, target: Tensor, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
 ) -> _Key:
     def spec(t: Any) -> Any:
-        return None if t is None else (t.dtype, t.ndim) if isinstance(t, torch.Tensor) else type(t)
+        return None if t is None else (t.dtype, t.ndim) if isinstance(t, torch.Tensor) else t == 0
 
     classes = logits.shape[opts.axis % logits.ndim]
     inputs = tuple(spec(t) for t in (logits, target, weight, where, smoothing))
     return (logits.device.type, classes, *inputs, opts, req)
 
 
-def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
-    """A new compiled evaluation for one layout (its own code object, see the module)."""
+def _compiled(key: _Key, opts: Options, req: Request, zero: bool) -> Callable[..., Result]:
+    """A new compiled evaluation for one layout (its own code object, see the module).
+    A smoothing of exactly 0 stays the number 0: the core drops the smoothing terms for
+    it, which a tensor 0 would keep (0 / 0 where a row allows one class)."""
 
     def run(logits: Tensor, target: Tensor, smoothing: Any, weight: Any, where: Any) -> Result:
-        return evaluate(logits, target, smoothing, weight, where, opts, req)
+        return evaluate(logits, target, 0.0 if zero else smoothing, weight, where, opts, req)
 
     # dynamo keeps what it learnt of a function's shapes under its code's name: one per layout
     name = "ls_xp_fused_" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
@@ -127,8 +136,8 @@ _EPS: dict[_Key, tuple[float, Tensor]] = {}
 
 
 def _smoothing(key: _Key, smoothing: Any, logits: Tensor) -> Any:
-    if isinstance(smoothing, torch.Tensor):
-        return smoothing
+    if isinstance(smoothing, torch.Tensor) or smoothing == 0:
+        return smoothing if isinstance(smoothing, torch.Tensor) else None  # (0: compiled in)
     value = float(smoothing)
     held = _EPS.get(key)
     if held is None or held[0] != value:
@@ -190,7 +199,7 @@ def fused(
     if fn is None:
         if len(_COMPILED) >= MAX_LAYOUTS:
             return None
-        fn = _COMPILED[key] = _compiled(key, opts, req)
+        fn = _COMPILED[key] = _compiled(key, opts, req, zero=key[-3] is True)
     try:
         axis = opts.axis % logits.ndim
         marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))

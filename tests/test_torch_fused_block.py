@@ -1,0 +1,154 @@
+"""The eager accelerator plan's fused block (``LS_XP_COMPILE``, :mod:`ls_xp.torch._fused`),
+forced on this CPU with ``LS_XP_PLAN=accelerator``: Inductor compiles the core's
+evaluation once per layout, with no recompile per batch size; loss and gradient equal the
+eager plan's; a loss and backward is a few top-level operations and no host sync; the
+generated code is one kernel; and the semantic suite runs through it.
+
+Inductor compiles C++ on this CPU (seconds per layout), so the semantic suite traces the
+same graphs with the ``aot_eager`` backend (dynamo and AOTAutograd, no code generated),
+and Inductor itself compiles the cases below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ls_xp
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+from ls_xp.torch import _fused  # noqa: E402
+
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LS_XP_PLAN", "accelerator")
+    monkeypatch.setenv("LS_XP_COMPILE", "1")
+
+
+def _profile(run) -> tuple[int, int]:
+    """(top-level aten ops, host syncs) of one call, after a warm-up (the measuring notes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return len(top), sum(e.name in SYNC_OPS for e in events)
+
+
+def _loss_and_grad(x0: torch.Tensor, y: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x0.detach().requires_grad_()
+    loss = ls_xp.cross_entropy(x, y, 0.1, **kw)
+    loss.backward()
+    assert x.grad is not None
+    return loss.detach(), x.grad
+
+
+def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.zeros(2, 3)
+    for value, on in (("0", False), ("off", False), ("1", True), ("ON", True), ("", False), ("auto", False)):
+        monkeypatch.setenv("LS_XP_COMPILE", value)
+        assert _fused.wanted(x) is on  # auto: CUDA only
+    monkeypatch.setenv("LS_XP_COMPILE", "sometimes")
+    with pytest.raises(ValueError, match="LS_XP_COMPILE"):
+        _fused.wanted(x)
+
+
+def test_one_kernel_few_operations_no_sync_and_the_eager_values(fused, monkeypatch) -> None:
+    """256 x 1000 float32: the generated code, the profiler's counts, the eager plan's loss
+    and gradient, no recompile for other batch sizes; then float64."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator().manual_seed(0)
+    x0, y = torch.randn(256, 1000, generator=g), torch.randint(0, 1000, (256,), generator=g)
+    monkeypatch.setattr(_fused, "BACKEND", "inductor")
+    with torch._inductor.config.patch(fx_graph_cache=False):  # (the code is generated, not loaded)
+        (loss, grad), codes = run_and_get_code(_loss_and_grad, x0, y)
+    code = "\n".join(codes)
+    kernels = re.findall(r"^(cpp_fused\w*) = ", code, re.M)
+    assert len(kernels) == 1, kernels
+    # the kernel's loops over the classes of a row (x1): max; the target's logit, the first
+    # maximum and the sum of z; the other exponentials into a row buffer; the gradient
+    assert code.count("for(int64_t x1=") <= 4
+    ops, syncs = _profile(lambda: _loss_and_grad(x0, y))
+    assert ops <= 15 and syncs == 0
+    graphs = counters["stats"]["unique_graphs"]
+    for n in (300, 77):  # other batch sizes: the same kernel
+        _loss_and_grad(x0[:n], y[:n])
+    assert counters["stats"]["unique_graphs"] == graphs
+    monkeypatch.setenv("LS_XP_COMPILE", "0")
+    ref = _loss_and_grad(x0, y)
+    torch.testing.assert_close(loss, ref[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, ref[1], rtol=1e-6, atol=1e-6)
+    x64 = x0.double()
+    ref = _loss_and_grad(x64, y)
+    monkeypatch.setenv("LS_XP_COMPILE", "1")
+    got = _loss_and_grad(x64, y)
+    assert got[1].dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def _case(name: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    if name == "probabilities, class axis 1":
+        x = torch.randn(3, 11, 5, generator=g)
+        return x, torch.softmax(torch.randn(3, 11, 5, generator=g), dim=1), {"axis": 1}
+    x, y = torch.randn(40, 11, generator=g), torch.randint(0, 11, (40,), generator=g)
+    y[::4] = 3
+    kw = {"weight": torch.rand(11, generator=g) + 0.1, "ignore_index": 3, "reduction": "none"}
+    if name == "where, others":
+        where = torch.rand(40, 11, generator=g) > 0.3
+        where[torch.arange(40), y] = True
+        kw = {"where": where, "convention": "others", "reduction": "sum"}
+    return x, y, kw
+
+
+@pytest.mark.parametrize("name", ["weight, ignore_index, none", "where, others", "probabilities, class axis 1"])
+def test_inductor_equals_the_eager_plan(fused, monkeypatch, name: str) -> None:
+    x0, y, kw = _case(name, torch.Generator().manual_seed(1))
+    x0 = x0.double()
+    y = y.double() if y.is_floating_point() else y
+
+    def values() -> tuple[torch.Tensor, torch.Tensor]:
+        x = x0.detach().requires_grad_()
+        loss = ls_xp.cross_entropy(x, y, 0.1, **kw)
+        loss.sum().backward()
+        assert x.grad is not None
+        return loss.detach(), x.grad
+
+    got = values()
+    assert any(key[-1].grad and key[-2].axis == kw.get("axis", -1) for key in _fused._COMPILED)
+    monkeypatch.setenv("LS_XP_COMPILE", "0")
+    torch.testing.assert_close(got, values(), rtol=1e-12, atol=1e-12)
+
+
+def test_the_semantic_suite_through_the_fused_block() -> None:
+    """tests/test_semantics.py on PyTorch under the forced accelerator plan, every
+    evaluation by the compiled block (traced by dynamo and AOTAutograd): no fallback, and
+    the layouts were compiled."""
+    script = (
+        "import sys, pytest\n"
+        "from ls_xp.torch import _fused\n"
+        "_fused.BACKEND = 'aot_eager'\n"
+        "code = pytest.main(['-q', '-p', 'no:cacheprovider', '-W', 'error::RuntimeWarning',\n"
+        "                    'tests/test_semantics.py', '-k', 'torch/cpu+accelerator-plan'])\n"
+        "assert _fused._COMPILED and not _fused._FAILED, (len(_fused._COMPILED), _fused._FAILED)\n"
+        "sys.exit(int(code))\n"
+    )
+    env = {**os.environ, "LS_XP_COMPILE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+    assert done.returncode == 0, tail
+    assert re.search(r"\d+ passed", done.stdout), tail
