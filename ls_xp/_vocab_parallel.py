@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, Protocol
 
 from array_api_compat import device as _dev
 
+from ls_xp import _vocab_parallel_llm as llm
 from ls_xp._evaluate import as_rows, class_indices, total_weight
 from ls_xp._math import smoothing_coefficients
 from ls_xp._numeric import astype, safe_divide, weighted, xlogx
@@ -70,6 +71,11 @@ class Setting:
     ignore_index: int
     sharded_weight: bool  # the class weights are this rank's slice (else the replicated K)
     read: bool  # values may be read (eager): an ignored row is guarded only where present
+    z_loss: float = 0.0  # the language-model options (ls_xp._vocab_parallel_llm)
+    softcap: float | None = None
+    aux: bool = False  # return_aux: the statistics (one more SUM column)
+    rank: Any = 0  # this rank's place in the class order (a traced index inside shard_map)
+    ranks: int = 1  # R
 
 
 class Rows(NamedTuple):
@@ -87,6 +93,7 @@ class Rows(NamedTuple):
     w_y: Array | None  # w[y] from replicated weights, (n, 1)
     guard: bool = False  # ignored rows present: each block replaces their logits by 0
     owned: bool = False  # x is a temporary of ours (the fused head's block): written in place
+    capped: bool = False  # x holds the softcapped logits already
 
     def cut(self, sl: slice) -> Rows:
         """The rows ``sl`` of every per-row field (the class weights are shared)."""
@@ -152,6 +159,8 @@ class Local(NamedTuple):
     zy_r: Array | None  # x_y - m_r on the owner, else 0
     zs_r: Array | None  # sum'_c w_c (x_c - m_r) (soft: over the allowed classes)
     sw_shift: Array | float | None  # S'_r, the weight in zs_r (multiplies m_r - M)
+    acc_r: Array | None  # the rank's part of the accuracy column (return_aux)
+    t_max: Array | None  # probability targets' row maximum, for the MAX (return_aux)
     extra: dict[str, Array]  # further SUM columns, already final
 
 
@@ -170,7 +179,7 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
     """Step 1 for a block of rows: the rank's statistics relative to its own maximum m_r,
     and e = exp(x - m_r) with 0 at the first local maximum (None with log_probs). The
     statistics of z come first, so that e may then take z's buffer where z is ours."""
-    rows = rows.guarded(xp)
+    rows = llm.prepared(xp, st, rows)
     x, m = rows.x, rows.m
     cw = _masked_weights(xp, st, rows)
     xm = x if m is None else xp.where(m, x, -math.inf)
@@ -195,6 +204,9 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
     if st.log_probs:
         return loc, None
     assert top is not None
+    if st.aux:
+        acc_r, t_max = llm.accuracy_local(xp, st, rows, top, pk)
+        loc = loc._replace(acc_r=acc_r, t_max=t_max)
     e = put_per_row(xp, _exp(xp, z, rows.owned), at(pk, top), 0.0, add=False, inplace=not pk.dense)
     return loc._replace(s_r=_row_sum(xp, e)), e
 
@@ -239,7 +251,7 @@ def _index_local(
         if zo is z and st.convention == "others" and isinstance(y_at, tuple):
             put_per_row(xp, z, y_at, z_y, add=False, inplace=True)  # z_y back (e needs it)
         sw_shift = _sum_prime_weight(xp, st, rows, cw, pk)
-    return Local(m_r, top, None, zy_r, zs_r, sw_shift, extra)
+    return Local(m_r, top, None, zy_r, zs_r, sw_shift, None, None, extra)
 
 
 def _first_max(xp: ModuleType, xm: Array, m_r: Array, pk: Picks) -> Array:
@@ -313,7 +325,7 @@ def _soft_local(
         assert t is not None
         q = a * t + b
         extra["ent"] = _row_sum(xp, weighted(xp, rows.w, xlogx(xp, q)))
-    return Local(m_r, top, s_r, None, zs_r, sw, extra)
+    return Local(m_r, top, s_r, None, zs_r, sw, None, None, extra)
 
 
 def columns(
@@ -359,6 +371,10 @@ class Global(NamedTuple):
     row: Array  # the per-row loss, before the row factor
     factor: Array | float  # each row's factor in the reduction
     total: Array | float  # the "mean" denominator
+    lse: Any = None  # M + log1p(s'), with z_loss or return_aux (ls_xp._vocab_parallel_llm)
+    factor_z: Any = None  # each row's factor of the z-term and the accuracy
+    hit: Any = None  # 1 where the global first maximum is the target
+    count: Any = None  # the counted rows
 
     def cut(self, sl: slice) -> Global:
         return Global(*(_cut_column(a, sl) for a in self))
@@ -426,87 +442,3 @@ def check_after_sum(xp: ModuleType, st: Setting, rows: Rows, cols: dict[str, Arr
             assert rows.y is not None
             value = int(rows.y[bad][0])
             raise ValueError(f"target class {value} is masked out by where")
-
-
-def grad_block(
-    xp: ModuleType, st: Setting, e: Array | None, rows: Rows, loc: Local, glob: Global, pk: Picks
-) -> Array:
-    """Step 5, local: g_c = (Q p_c - w_c q_c) r for a block, in place in ``e`` where it
-    is writeable; the closed form at a first maximum with z = 0."""
-    rows = rows.guarded(xp, logits=False)
-    cw = _masked_weights(xp, st, rows)
-    r = glob.factor
-    neg_on: Array | float = 0.0
-    if st.soft:
-        assert rows.t is not None
-        q = glob.a * rows.t + glob.b
-        q = q if rows.m is None else xp.where(rows.m, q, 0.0)
-        wq_r = (q if rows.w is None else q * rows.w) * r
-        if e is None:  # log-probabilities: p drops out
-            return -wq_r
-        q_r = glob.q_w * r
-        top_q = take_per_row(xp, wq_r, pk, loc.top)  # w_top q_top r
-        at_q, below_q = q_r - top_q, top_q
-        off: Array | float = wq_r
-    else:
-        assert rows.own is not None and rows.y_loc is not None
-        q_r = r if cw is None else glob.q_w * r
-        neg_on = xp.where(rows.own, (-glob.a * glob.wy) * r, 0.0)  # minus the rest of w_y q_y r, at y
-        off = 0.0 if st.eps == 0.0 else (glob.b * r if cw is None else (glob.b * r) * cw)
-        if e is None:
-            base = xp.zeros(rows.x.shape, dtype=st.dtype, device=_dev(rows.x)) - off
-            return put_per_row(xp, base, at(pk, rows.y_loc), neg_on, add=True, inplace=not pk.dense)
-        at_q, below_q = _index_top(xp, st, rows, loc, glob, cw, neg_on, pk)
-    assert e is not None and loc.top is not None
-    inv = 1.0 / (1.0 + glob.s)
-    scale = xp.exp(loc.m_r - glob.g_max) * (q_r * inv)  # Q r p_c / e_c
-    if pk.dense:
-        g = e * scale - off
-    else:  # in place: e is this block's buffer
-        g = e
-        g *= scale
-        g -= off
-    if rows.y_loc is not None:
-        g = put_per_row(xp, g, at(pk, rows.y_loc), neg_on, add=True, inplace=not pk.dense)
-    top_val = xp.where(loc.m_r == glob.g_max, at_q - (q_r * inv) * glob.s, scale - below_q)
-    return put_per_row(xp, g, at(pk, loc.top), top_val, add=False, inplace=not pk.dense)
-
-
-def _index_top(
-    xp: ModuleType,
-    st: Setting,
-    rows: Rows,
-    loc: Local,
-    glob: Global,
-    cw: Array | None,
-    neg_on: Array,
-    pk: Picks,
-) -> tuple[Array, Array]:
-    """At the rank's first maximum: (Q - w_top q_top) r in closed form (the value where
-    z = 0 there), and w_top q_top r as g subtracts it elsewhere."""
-    assert rows.own is not None and rows.y_loc is not None and loc.top is not None
-    r, b, wy, s_w = glob.factor, glob.b, glob.wy, glob.s_w
-    y_top = rows.own & (loc.top == rows.y_loc)
-    if cw is None:
-        cw_top: Array | float = 1.0
-    elif cw.ndim == 1:
-        cw_top = take_class(xp, cw, loc.top)
-    else:
-        cw_top = take_per_row(xp, cw, pk, loc.top)
-    if st.eps != 0.0:
-        at_y, elsewhere = b * (s_w - wy), glob.q_y * wy + b * (s_w - wy - cw_top)
-        off_top = (b * r) * cw_top
-    else:
-        at_y, elsewhere, off_top = 0.0 * r, glob.q_y * wy, 0.0 * r
-    at_q = xp.where(y_top, at_y * r, elsewhere * r)
-    below_q = off_top - xp.where(y_top, neg_on, 0.0)
-    return at_q, below_q
-
-
-def exp_block(xp: ModuleType, rows: Rows, m_r: Array, top: Array, pk: Picks) -> Array:
-    """e = exp(x - m_r) with 0 at the first local maximum (the fused head recomputes it)."""
-    rows = rows.guarded(xp)
-    xm = rows.x if rows.m is None else xp.where(rows.m, rows.x, -math.inf)
-    z = _shifted(xp, rows, xm, m_r)
-    e = _exp(xp, z, rows.owned and not pk.dense)
-    return put_per_row(xp, e, at(pk, top), 0.0, add=False, inplace=not pk.dense)

@@ -9,12 +9,13 @@ and lets XLA fuse it.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
+from ls_xp import _vocab_parallel_llm as llm
+from ls_xp._evaluate import Aux
 from ls_xp._picks import Picks
 from ls_xp._plan import device_of
 from ls_xp._vocab_parallel import (
@@ -26,9 +27,9 @@ from ls_xp._vocab_parallel import (
     check_after_sum,
     columns,
     combine,
-    grad_block,
     local_block,
 )
+from ls_xp._vocab_parallel_grad import grad_block
 
 Array = Any
 
@@ -42,16 +43,27 @@ class Stats(NamedTuple):
 
 def statistics(xp: ModuleType, st: Setting, rows: Rows, locals_: list[Local], coll: Collectives) -> Stats:
     """Steps 2-4 for the rank's rows, from the blocks' local statistics: one MAX (none
-    with log-probabilities) and one SUM of a stacked (n, j) array."""
+    with log-probabilities) and one SUM of a stacked (n, j) array. The statistics of
+    ``return_aux`` join them (the target's maximum the MAX, the accuracy the SUM)."""
     loc = _concat_locals(xp, locals_)
-    g_max: Array | float = 0.0 if st.log_probs else coll.max(loc.m_r)
+    g_max: Array | float = 0.0
+    t_glob = None
+    if loc.t_max is not None:  # probability targets' accuracy: their maximum too
+        both = coll.max(xp.concat([loc.m_r, loc.t_max], axis=1))
+        g_max, t_glob = both[:, :1], both[:, 1:]
+    elif not st.log_probs:
+        g_max = coll.max(loc.m_r)
     cols = columns(xp, st, loc, rows.own, g_max)
+    if loc.acc_r is not None:
+        cols["hit"] = llm.accuracy_column(xp, st, loc, g_max, t_glob)
     names = list(cols)
     summed = coll.sum(xp.concat([cols[n] for n in names], axis=1))
-    got = {n: summed[:, i : i + 1] for i, n in enumerate(names)}
+    got, i = {}, 0
+    for n in names:
+        got[n], i = summed[:, i : i + cols[n].shape[1]], i + cols[n].shape[1]
     check_after_sum(xp, st, rows, got)
     weighted_ = rows.w is not None or rows.m is not None
-    return Stats(loc, combine(xp, st, rows, got, g_max, weighted_))
+    return Stats(loc, llm.finish(xp, st, rows, combine(xp, st, rows, got, g_max, weighted_), got))
 
 
 def _concat_locals(xp: ModuleType, parts: list[Local]) -> Local:
@@ -98,14 +110,12 @@ def local_cut(loc: Local, sl: slice) -> Local:
     return Local._make([*(cut(getattr(loc, f)) for f in Local._fields if f != "extra"), {}])
 
 
-def reduce_rows(xp: ModuleType, st: Setting, glob: Global, batch_shape: tuple[int, ...]) -> Array:
-    """The per-row losses times their factors, reduced."""
-    r = glob.row * glob.factor
-    if st.reduction == "none":
-        return xp.reshape(r, batch_shape)
-    if st.reduction == "sum" or st.soft:
-        return xp.sum(r)
-    return xp.where(glob.total != 0, xp.sum(r), math.nan)
+def reduce_rows(
+    xp: ModuleType, st: Setting, rows: Rows, glob: Global, batch_shape: tuple[int, ...], dtype: Any
+) -> tuple[Array, Aux | None]:
+    """The per-row losses times their factors, reduced (the z-terms included), in
+    ``dtype``; and the statistics of ``return_aux`` (else None)."""
+    return llm.outputs(xp, st, rows, glob, batch_shape, dtype)
 
 
 def picks(xp: ModuleType, n: int, k: int, dense: bool, device: Any) -> Picks:

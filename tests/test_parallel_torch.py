@@ -194,11 +194,14 @@ def _linear_case(rank: int, sizes: list[int], red: str, count: _Count) -> dict[s
 
 
 def cases_worker(rank: int, world: int, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    from test_parallel_torch_llm import llm_cases  # (the language-model options: that module's tests)
+
     count = _Count()
     return dict(
         cases=[_one_case(rank, SIZES[world], c, count) for c in cases],
         linear=[_linear_case(rank, SIZES[world], red, count) for red in ("mean", "sum", "none")],
         dtensor=_dtensor_cases(rank, world),
+        llm=llm_cases(rank, world, SIZES[world], count),
     )
 
 

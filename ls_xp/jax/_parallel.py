@@ -24,6 +24,8 @@ from jax import lax
 from ls_xp import _validate as v
 from ls_xp import _vocab_parallel as vp
 from ls_xp import _vocab_parallel_run as vpr
+from ls_xp._evaluate import Result
+from ls_xp._shift import Shift, scored
 
 Array = Any
 
@@ -67,6 +69,8 @@ def _evaluate(
         eps=s.eps, convention=s.opts.convention, log_probs=s.opts.log_probs, kl=s.kl, soft=bool(soft),
         dtype=dt, num_classes=k * size, offset=offset, reduction=s.opts.reduction,
         ignore_index=s.opts.ignore_index, sharded_weight=weight is not None, read=False,
+        z_loss=s.opts.z_loss, softcap=s.opts.softcap, aux=s.opts.return_aux, rank=lax.axis_index(s.axis_name),
+        ranks=size,
     )  # fmt: skip
     if weight is not None and not s.sharded_weight:
         weight = lax.dynamic_slice_in_dim(weight, offset, k)
@@ -75,26 +79,29 @@ def _evaluate(
         jnp, st, rows, _AxisCollectives(s.axis_name), want_grad=grad, step=rows.x.shape[0], dense=True
     )
     batch = tuple(x.shape[:ax]) + tuple(x.shape[ax + 1 :])
-    loss = vpr.reduce_rows(jnp, st, stats.glob, batch).astype(x.dtype)
+    loss, aux = vpr.reduce_rows(jnp, st, rows, stats.glob, batch, x.dtype)
+    out = (loss, aux) if s.opts.return_aux else loss
     if g is None:
-        return loss, None
+        return out, None
     shape = list(x.shape)
     shape.append(shape.pop(ax))
-    return loss, jnp.moveaxis(g.reshape(shape), -1, ax).astype(x.dtype)
+    return out, jnp.moveaxis(g.reshape(shape), -1, ax).astype(x.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _loss(x: Array, target: Array, weight: Array | None, where: Array | None, s: _Static) -> Array:
+def _loss(x: Array, target: Array, weight: Array | None, where: Array | None, s: _Static) -> Any:
+    """The loss, or ``(loss, aux)`` (the statistics carry no gradient)."""
     return _evaluate(x, target, weight, where, s, grad=False)[0]
 
 
 def _loss_fwd(x: Array, target: Array, weight: Array | None, where: Array | None, s: _Static) -> Any:
-    loss, g = _evaluate(x, target, weight, where, s, grad=True)
-    return loss, (g, target, weight, where)
+    out, g = _evaluate(x, target, weight, where, s, grad=True)
+    return out, (g, target, weight, where)
 
 
-def _loss_bwd(s: _Static, res: Any, up: Array) -> tuple[Any, ...]:
+def _loss_bwd(s: _Static, res: Any, up: Any) -> tuple[Any, ...]:
     g, target, weight, where = res
+    up = up[0] if s.opts.return_aux else up  # (the statistics' cotangents are ignored)
     ax = v.check_axis(s.opts.axis, g.ndim)
     scale = jnp.expand_dims(up, ax) if s.opts.reduction == "none" else up
     return (g * scale.astype(g.dtype), _zero(target), _zero(weight), _zero(where))
@@ -126,18 +133,25 @@ def vocab_parallel_cross_entropy(
     where: Array | None = None,
     log_probs: bool = False,
     weight_sharded: bool = False,
-) -> Array:
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: bool = False,
+) -> Any:
     """Label-smoothed cross-entropy of logits whose classes are split over the mesh axis
     ``axis_name``, for use inside ``jax.shard_map``: each shard passes its slice of the
     classes (``P(None, axis_name)`` for (N, K) logits), the replicated ``target`` (or
     probabilities sharded like the logits) and gets the loss of the whole, equal to
     ``ls_xp.cross_entropy`` of the gathered logits. ``weight``: the whole (K,) vector
     (replicated), or the shard's slice with ``weight_sharded=True``; ``where`` sharded like
-    the logits. ``smoothing`` is a Python number (static). Differentiable in
-    ``local_logits`` (``jax.grad``, ``jax.value_and_grad``), jittable."""
+    the logits. ``smoothing`` is a Python number (static). ``z_loss``, ``softcap``,
+    ``shift`` (class indices) and ``return_aux`` (``(loss, aux)``, the statistics of the
+    whole) as in :func:`ls_xp.cross_entropy`. Differentiable in ``local_logits``
+    (``jax.grad``, ``jax.value_and_grad``), jittable."""
     opts = v.options(
-        reduction=reduction, ignore_index=ignore_index, axis=axis, convention=convention, log_probs=log_probs
-    )
+        reduction=reduction, ignore_index=ignore_index, axis=axis, convention=convention, log_probs=log_probs,
+        z_loss=z_loss, softcap=softcap, shift=shift, return_aux=return_aux,
+    )  # fmt: skip
     eps = float(v.check_smoothing(None, smoothing))
     x = jnp.asarray(local_logits)
     ax = v.check_axis(opts.axis, x.ndim)
@@ -145,6 +159,11 @@ def vocab_parallel_cross_entropy(
     weight = None if weight is None else jnp.asarray(weight)
     where = None if where is None else jnp.asarray(where)
     v.check_floating(jnp, x, "local_logits")
+    if opts.shift:
+        sh = Shift.of(jnp, x, target, None, ax, opts)
+        if sh.soft:
+            raise ValueError("shift with probability targets is not supported on sharded classes")
+        target = sh.target
     soft = target.shape == x.shape and jnp.issubdtype(target.dtype, jnp.floating)
     batch = tuple(x.shape[:ax]) + tuple(x.shape[ax + 1 :])
     if not soft and (tuple(target.shape) != batch or not jnp.issubdtype(target.dtype, jnp.integer)):
@@ -155,4 +174,9 @@ def vocab_parallel_cross_entropy(
     if where is not None and tuple(where.shape) != tuple(x.shape):
         raise ValueError(f"where must have local_logits' shape {tuple(x.shape)}, got {tuple(where.shape)}")
     s = _Static(opts, eps, False, axis_name, bool(weight_sharded))
-    return _loss(x, target, weight, where, s)
+    out = _loss(x, target, weight, where, s)
+    if not opts.shift:
+        return out
+    loss, aux = out if opts.return_aux else (out, None)
+    res = scored(Result(loss, None, None, None, aux), opts.shift, opts.reduction == "none")
+    return (res.loss, res.aux) if opts.return_aux else res.loss

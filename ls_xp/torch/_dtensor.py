@@ -84,7 +84,6 @@ def dtensor_loss(
     the adapter's loss of plain tensors (for the batch-sharded and replicated cases)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
-    _refuse_llm_options(opts)
     p = _placement(logits)
     mesh = logits.device_mesh
     ax = v.check_axis(opts.axis, logits.ndim)
@@ -93,14 +92,15 @@ def dtensor_loss(
     )
     local = logits.to_local()
     if isinstance(p, Shard) and p.dim % logits.ndim == ax:
-        loss = sharded_loss(local, target, smoothing, weight, where, opts, mesh.get_group(), kl=kl)
-        return DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
+        out = sharded_loss(local, target, smoothing, weight, where, opts, mesh.get_group(), kl=kl)
+        return _replicated(out, mesh, opts)
 
     def fn(a: Tensor, reduction: str) -> Any:  # the adapter's loss of plain tensors
         return local_loss(a, target, smoothing, weight, where, replace(opts, reduction=reduction), kl=kl)
 
     if isinstance(p, Replicate):
-        return DTensor.from_local(fn(local, opts.reduction), mesh, [Replicate()], run_check=False)
+        return _replicated(fn(local, opts.reduction), mesh, opts)
+    _refuse_llm_options(opts, "batch-sharded DTensor logits (Shard(d) off the class axis)")
     assert isinstance(p, Shard)
     d = p.dim % logits.ndim
     target, where = _my_rows(target, logits, d, ax), _my_rows(where, logits, d, ax)
@@ -151,14 +151,29 @@ def _my_rows(a: Any, logits: Any, d: int, ax: int) -> Any:
     return parts[rank] if rank < len(parts) else a.narrow(dim, 0, 0)
 
 
+def _replicated(out: Any, mesh: Any, opts: v.Options) -> Any:
+    """A loss (``(loss, aux)``) identical on every rank as ``Replicate()`` DTensors."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    def rep(a: Tensor) -> Any:
+        return DTensor.from_local(a, mesh, [Replicate()], run_check=False)
+
+    if not opts.return_aux:
+        return rep(out)
+    loss, aux = out
+    return rep(loss), type(aux)(*(rep(a) for a in aux))
+
+
 def dtensor_values(
-    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options
-) -> tuple[Any, Any]:
+    logits: Any, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options, with_aux: bool = False
+) -> Any:
     """``loss_and_grad`` of class-sharded DTensor logits: (Replicate loss, gradient placed
-    like the logits)."""
+    like the logits), and with ``with_aux`` the statistics (Replicate DTensors; None
+    without ``opts.return_aux``)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
-    _refuse_llm_options(opts)
+    if opts.return_aux and not with_aux:
+        _refuse_llm_options(opts, "loss_and_grad of DTensor logits (in this version of the adapter)")
     p = _placement(logits)
     ax = v.check_axis(opts.axis, logits.ndim)
     if not (isinstance(p, Shard) and p.dim % logits.ndim == ax):
@@ -170,13 +185,14 @@ def dtensor_values(
     target, weight, where = (
         _local(a, n, p) for a, n in ((target, "target"), (weight, "weight"), (where, "where"))
     )
-    loss, g = sharded_values(logits.to_local(), target, smoothing, weight, where, opts, mesh.get_group())
-    return (
-        DTensor.from_local(loss, mesh, [Replicate()], run_check=False),
-        DTensor.from_local(
-            g, mesh, [p], run_check=False, shape=logits.shape, stride=_contiguous(logits.shape)
-        ),
-    )
+    loss, g, aux = sharded_values(logits.to_local(), target, smoothing, weight, where, opts, mesh.get_group())
+    shape, stride = logits.shape, _contiguous(logits.shape)
+    g = DTensor.from_local(g, mesh, [p], run_check=False, shape=shape, stride=stride)
+    if not (with_aux and opts.return_aux):
+        loss = DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
+        return (loss, g, None) if with_aux else (loss, g)
+    loss, aux = _replicated((loss, aux), mesh, opts)
+    return loss, g, aux
 
 
 def _contiguous(shape: torch.Size) -> tuple[int, ...]:
@@ -188,14 +204,15 @@ def _contiguous(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _refuse_llm_options(opts: v.Options) -> None:
-    """z-loss, softcapping, the shift and the statistics are not implemented on DTensors yet."""
-    for name in ("z_loss", "softcap", "shift", "return_aux"):
+def _refuse_llm_options(opts: v.Options, where: str) -> None:
+    """z-loss, the shift and the statistics where they are not implemented (softcapping,
+    elementwise, is everywhere)."""
+    for name in ("z_loss", "shift", "return_aux"):
         value = getattr(opts, name, None)
         if value not in (None, 0, 0.0, False):
             raise NotImplementedError(
-                f"{name}={value!r} is not supported with DTensor logits yet; compute the loss of the "
-                "local shards with the keyword, or leave it at its default"
+                f"{name}={value!r} is not supported for {where}; shard the logits on the class "
+                "axis (Shard(class_axis)) or replicate them, or leave it at its default"
             )
 
 
@@ -206,11 +223,10 @@ def dtensor_linear_loss(
     classes, split over a 1-D mesh) and ``hidden`` replicated: the fused vocabulary-parallel
     head on the local rows; the loss a ``Replicate()`` DTensor, the classifier's gradient
     ``Shard(0)``."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor import Shard
 
     from ls_xp.torch._parallel_linear import vocab_parallel_linear_cross_entropy
 
-    _refuse_llm_options(opts)
     p = _placement(classifier)
     if not (isinstance(p, Shard) and p.dim % 2 == 0):
         raise ValueError(
@@ -222,9 +238,10 @@ def dtensor_linear_loss(
         _local(a, n, p) for a, n in ((hidden, "hidden"), (target, "target"), (weight, "weight"))
     )
     bias = _local(bias, "bias", p)
-    loss = vocab_parallel_linear_cross_entropy(
+    out = vocab_parallel_linear_cross_entropy(
         hidden, classifier.to_local(), target, smoothing, group=mesh.get_group(), bias=bias,
         reduction=opts.reduction, weight=weight, ignore_index=opts.ignore_index, convention=opts.convention,
-        chunk_size=opts.chunk_size,
+        chunk_size=opts.chunk_size, z_loss=opts.z_loss, softcap=opts.softcap, shift=opts.shift,
+        return_aux=opts.return_aux,
     )  # fmt: skip
-    return DTensor.from_local(loss, mesh, [Replicate()], run_check=False)
+    return _replicated(out, mesh, opts)

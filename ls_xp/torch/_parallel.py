@@ -12,7 +12,7 @@ from the same gathered facts, so a mistake on one rank never leaves the others w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import array_api_compat.torch as torch_xp
@@ -22,8 +22,10 @@ import torch.distributed as dist
 from ls_xp import _validate as v
 from ls_xp import _vocab_parallel as vp
 from ls_xp import _vocab_parallel_run as vpr
+from ls_xp._evaluate import Aux, Result
 from ls_xp._numeric import move_axis
 from ls_xp._plan import block_rows
+from ls_xp._shift import Shift, scored
 
 Tensor = torch.Tensor
 
@@ -120,12 +122,16 @@ def layout(
     group: Any,
     soft: bool,
     smoothing: Any = 0.0,
+    pending: BaseException | None = None,
 ) -> Layout:
-    """The local checks, then the one all-gather of facts, then the checks that need
-    every rank's: the same decision on every rank."""
+    """The local checks (and a ``pending`` error of the caller's own), then the one
+    all-gather of facts, then the checks that need every rank's: the same decision on
+    every rank."""
     error: BaseException | None = None
     eps = 0.0
     try:
+        if pending is not None:
+            raise pending
         if isinstance(smoothing, Tensor) and smoothing.requires_grad:
             raise ValueError("smoothing must be a number here (its derivative is not implemented on shards)")
         eps = float(v.check_smoothing(None, smoothing))
@@ -190,6 +196,7 @@ def setting(
         eps=eps, convention=opts.convention, log_probs=opts.log_probs, kl=kl, soft=soft, dtype=dt,
         num_classes=lay.num_classes, offset=lay.offset, reduction=opts.reduction,
         ignore_index=opts.ignore_index, sharded_weight=lay.sharded_weight, read=read,
+        z_loss=opts.z_loss, softcap=opts.softcap, aux=opts.return_aux, rank=lay.rank, ranks=len(lay.sizes),
     )  # fmt: skip
 
 
@@ -206,6 +213,7 @@ class _VocabParallelCE(torch.autograd.Function):
         ax: int,
         step: int,
         want: bool,
+        aux: list[Aux | None],
     ) -> Tensor:
         stats, g = vpr.evaluate(torch_xp, st, rows, coll, want_grad=want, step=step, dense=False)
         batch = tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1 :])
@@ -213,14 +221,15 @@ class _VocabParallelCE(torch.autograd.Function):
         ctx.none = st.reduction == "none"
         ctx.used = False
         ctx.ax = ax
-        return vpr.reduce_rows(torch_xp, st, stats.glob, batch).to(logits.dtype)
+        loss, aux[:] = _reduced(st, rows, stats, batch, logits.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
         up = grad_outputs[0]
         g = ctx.grad
         if g is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         if ctx.used:
             raise RuntimeError(
                 "vocab-parallel loss: a second backward through the same loss is not supported (its "
@@ -228,7 +237,13 @@ class _VocabParallelCE(torch.autograd.Function):
             )
         ctx.used, ctx.grad = True, None  # scaled in place and handed over: autograd takes it, no copy
         g.mul_((up.unsqueeze(ctx.ax) if ctx.none else up).to(g.dtype))
-        return g, None, None, None, None, None, None
+        return g, None, None, None, None, None, None, None
+
+
+def _reduced(st: vp.Setting, rows: vp.Rows, stats: Any, batch: Any, dtype: Any) -> tuple[Tensor, list[Any]]:
+    """The reduced loss and the statistics (a one-item list of them, or of None)."""
+    loss, aux = vpr.reduce_rows(torch_xp, st, rows, stats.glob, batch, dtype)
+    return loss, [None if aux is None else Aux(*(a.detach() for a in aux))]
 
 
 def _as_logits(g: Tensor, logits: Tensor, ax: int) -> Tensor:
@@ -249,19 +264,46 @@ def _prepare(
     group: Any,
     kl: bool,
 ) -> tuple[vp.Setting, vp.Rows, int, Layout]:
-    """Arguments as tensors, every check, the layout, the rows."""
+    """Arguments as tensors, every check, the layout, the rows (with ``shift``: the
+    targets shifted, as the unsharded loss does)."""
     v.check_logits(logits, "local_logits")
     target, weight, where = v.inputs_like(torch_xp, logits.device, target, weight, where)
     ax = v.check_axis(opts.axis, logits.ndim)
+    target, pending = shifted_target(logits, target, ax, opts)
     soft = target.dtype.is_floating_point and tuple(target.shape) == tuple(logits.shape)
-    if soft and opts.ignore_index >= 0:
-        raise ValueError(f"ignore_index={opts.ignore_index} is not supported with probability targets")
-    lay = layout(logits, target, weight, where, ax, opts, group, soft, smoothing)
+    if soft and opts.ignore_index >= 0 and pending is None:
+        pending = ValueError(f"ignore_index={opts.ignore_index} is not supported with probability targets")
+    lay = layout(logits, target, weight, where, ax, opts, group, soft, smoothing, pending)
     read = opts.check_values is not False and logits.device.type == "cpu"
     st = setting(logits, lay, lay.eps, opts, kl, soft, read)
     with torch.no_grad():
         rows = vp.prepare(torch_xp, st, logits.detach(), target, weight, where, ax)
     return st, rows, ax, lay
+
+
+def shifted_target(logits: Tensor, target: Tensor, ax: int, opts: v.Options) -> tuple[Tensor, Any]:
+    """The class indices shifted by ``opts.shift`` (:class:`ls_xp._shift.Shift`), and the
+    error to raise on every rank (through :func:`layout`) where the shift is wrong here."""
+    if not opts.shift:
+        return target, None
+    try:
+        sh = Shift.of(torch_xp, logits, target, None, ax, opts)
+        if sh.soft:
+            raise ValueError(
+                "shift with probability targets is not supported on sharded classes; slice them "
+                "(logits[..., :T - shift, :] against target[..., shift:, :]) or pass class indices"
+            )
+    except ValueError as exc:
+        return target, exc
+    return sh.target, None
+
+
+def scored_outputs(loss: Tensor, aux: Aux | None, opts: v.Options) -> Any:
+    """``loss`` (``(loss, aux)`` with ``return_aux``) over the scored positions."""
+    if opts.shift:
+        res = scored(Result(loss, None, None, None, aux), opts.shift, opts.reduction == "none")
+        loss, aux = res.loss, res.aux
+    return (loss, aux) if opts.return_aux else loss
 
 
 def vocab_parallel_cross_entropy(
@@ -279,7 +321,11 @@ def vocab_parallel_cross_entropy(
     log_probs: bool = False,
     chunk_size: int | None = None,
     check_values: bool | None = None,
-) -> Tensor:
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: bool = False,
+) -> Any:
     """Label-smoothed cross-entropy of logits whose classes are split over ``group``.
 
     Each rank passes its contiguous slice of the classes (rank 0 the first ones, sizes
@@ -292,11 +338,14 @@ def vocab_parallel_cross_entropy(
     ``weight`` is either the whole (K,) vector on every rank or each rank's slice;
     ``where`` and probability ``target`` are sharded like the logits; the other keywords
     are :func:`ls_xp.cross_entropy`'s, with K the global class count in both
-    conventions. ``group`` is a ``torch.distributed`` process group (None: the default).
+    conventions, the language-model ones included (``z_loss``, ``softcap``, ``shift`` for
+    class indices, ``return_aux``: ``(loss, aux)``, the statistics the same on every
+    rank). ``group`` is a ``torch.distributed`` process group (None: the default).
     """
     opts = v.options(
         reduction=reduction, ignore_index=ignore_index, axis=axis, convention=convention,
-        log_probs=log_probs, chunk_size=chunk_size, check_values=check_values,
+        log_probs=log_probs, chunk_size=chunk_size, check_values=check_values, z_loss=z_loss,
+        softcap=softcap, shift=shift, return_aux=return_aux,
     )  # fmt: skip
     return sharded_loss(local_logits, target, smoothing, weight, where, opts, group, kl=False)
 
@@ -311,23 +360,26 @@ def sharded_loss(
     group: Any,
     *,
     kl: bool,
-) -> Tensor:
-    """The loss (``kl``: the KL form) with autograd, for the function and DTensor."""
+) -> Any:
+    """The loss (``kl``: the KL form) with autograd, for the function and DTensor;
+    ``(loss, aux)`` with ``opts.return_aux``."""
     st, rows, ax, _ = _prepare(logits, target, smoothing, weight, where, opts, group, kl)
     coll = GroupCollectives(group)
     COUNTER[:] = [coll]
     step = block_rows(rows.x, opts.chunk_size, "cpu" if logits.device.type == "cpu" else "accelerator")
+    aux: list[Aux | None] = [None]
     if torch.is_grad_enabled() and logits.requires_grad:
-        out: Tensor = _VocabParallelCE.apply(logits, rows, st, coll, ax, step, True)
-        return out
-    with torch.no_grad():
-        return _VocabParallelCE.forward(_NoCtx(), logits, rows, st, coll, ax, step, False)
+        out: Tensor = _VocabParallelCE.apply(logits, rows, st, coll, ax, step, True, aux)
+    else:
+        with torch.no_grad():
+            out = _VocabParallelCE.forward(_NoCtx(), logits, rows, st, coll, ax, step, False, aux)
+    return scored_outputs(out, aux[0], opts)
 
 
 def sharded_values(
     logits: Tensor, target: Any, smoothing: Any, weight: Any, where: Any, opts: v.Options, group: Any
-) -> tuple[Tensor, Tensor]:
-    """The loss and the local gradient as plain tensors (``loss_and_grad``)."""
+) -> tuple[Any, Tensor, Aux | None]:
+    """The loss, the local gradient as plain tensors and the statistics (``loss_and_grad``)."""
     st, rows, ax, _ = _prepare(logits, target, smoothing, weight, where, opts, group, False)
     coll = GroupCollectives(group)
     COUNTER[:] = [coll]
@@ -335,7 +387,9 @@ def sharded_values(
     stats, g = vpr.evaluate(torch_xp, st, rows, coll, want_grad=True, step=step, dense=False)
     batch = tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1 :])
     assert g is not None
-    return vpr.reduce_rows(torch_xp, st, stats.glob, batch).to(logits.dtype), _as_logits(g, logits, ax)
+    loss, aux = _reduced(st, rows, stats, batch, logits.dtype)
+    out = scored_outputs(loss, aux[0], replace(opts, return_aux=True))
+    return out[0], _as_logits(g, logits, ax), out[1]
 
 
 class _NoCtx:

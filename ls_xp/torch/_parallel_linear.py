@@ -23,8 +23,10 @@ import torch.distributed as dist
 from ls_xp import _linear
 from ls_xp import _validate as v
 from ls_xp import _vocab_parallel as vp
+from ls_xp import _vocab_parallel_grad as vpg
+from ls_xp import _vocab_parallel_llm as llm
 from ls_xp import _vocab_parallel_run as vpr
-from ls_xp.torch._parallel import COUNTER, GroupCollectives, layout, setting
+from ls_xp.torch._parallel import COUNTER, GroupCollectives, layout, scored_outputs, setting, shifted_target
 
 Tensor = torch.Tensor
 
@@ -80,7 +82,9 @@ class _Problem:
 
 class _VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, w: Tensor, bias: Tensor | None, p: _Problem, coll: Any) -> Tensor:
+    def forward(
+        ctx: Any, hidden: Tensor, w: Tensor, bias: Tensor | None, p: _Problem, coll: Any, aux: list[Any]
+    ) -> Tensor:
         with torch.no_grad():
             held: dict[str, Any] = {}  # the blocks' statistics, as whole columns
             for sl in p.blocks():
@@ -89,13 +93,15 @@ class _VocabParallelLinearCE(torch.autograd.Function):
                 vpr.hold(torch_xp, held, vp.local_block(torch_xp, p.st, rows, pk)[0], sl, p.y.shape[0])
                 del rows  # (the block's logits)
             stats = vpr.statistics(torch_xp, p.st, p.whole, [vpr.held_local(held)], coll)
-            loss = vpr.reduce_rows(torch_xp, p.st, stats.glob, (p.y.shape[0],))
+            loss, aux[0] = vpr.reduce_rows(
+                torch_xp, p.st, p.whole, stats.glob, hidden.shape[:-1], hidden.dtype
+            )
         ctx.p, ctx.stats, ctx.coll, ctx.h_shape = p, stats, coll, hidden.shape
-        return loss.to(hidden.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
-        up = grad_outputs[0]
+        up = grad_outputs[0].reshape(-1) if ctx.p.st.reduction == "none" else grad_outputs[0]
         p, stats = ctx.p, ctx.stats
         k = p.w.shape[0]
         dt = p.st.dtype
@@ -109,9 +115,13 @@ class _VocabParallelLinearCE(torch.autograd.Function):
                 # the cotangent folded into the row factors (no second block-sized array)
                 scale = up[sl].to(dt)[:, None] if p.st.reduction == "none" else up.to(dt)
                 glob = glob._replace(factor=glob.factor * scale)
+                if glob.factor_z is not None:
+                    glob = glob._replace(factor_z=glob.factor_z * scale)
+                if p.st.softcap is not None:  # the capped logits kept for the chain rule
+                    rows = llm.prepared(torch_xp, p.st, rows)._replace(owned=False)
                 pk = vpr.picks(torch_xp, sl.stop - sl.start, k, False, p.w.device)
-                e = vp.exp_block(torch_xp, rows, loc.m_r, loc.top, pk)
-                g = vp.grad_block(torch_xp, p.st, e, rows, loc, glob, pk)
+                e = vpg.exp_block(torch_xp, p.st, rows, loc.m_r, loc.top, pk)
+                g = vpg.grad_block(torch_xp, p.st, e, rows, loc, glob, pk)
                 torch.mm(g, p.w.to(dt), out=gh[sl])
                 gw.addmm_(g.T, p.hidden[sl].to(dt))  # (in place: no k x D temporary per block)
                 if gb is not None:
@@ -123,6 +133,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             gh.to(h_dtype).reshape(ctx.h_shape) if ctx.needs_input_grad[0] else None,
             gw.to(p.w.dtype) if ctx.needs_input_grad[1] else None,
             None if gb is None or not ctx.needs_input_grad[2] else gb.to(p.w.dtype),
+            None,
             None,
             None,
         )
@@ -148,17 +159,24 @@ def vocab_parallel_linear_cross_entropy(
     ignore_index: int = -100,
     convention: str = "uniform",
     chunk_size: int | None = None,
-) -> Tensor:
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift: int = 0,
+    return_aux: bool = False,
+) -> Any:
     """``cross_entropy(hidden @ classifier.T + bias, target)`` with the classifier's rows
     (the classes) split over ``group``: each rank passes the same ``hidden`` (..., D) and
     ``target`` and its contiguous slice ``local_classifier`` (k_r, D) (and ``bias``
     (k_r,)), in rank order. Never more than one block of ``chunk_size`` rows of local
     logits exists; the loss is the same on every rank. Backward: each rank gets the
     gradient of its own classifier slice, and ``hidden`` the full gradient (one
-    all-reduce of N x D). ``weight``: the whole (K,) or the rank's slice."""
+    all-reduce of N x D). ``weight``: the whole (K,) or the rank's slice. ``z_loss``,
+    ``softcap``, ``shift`` and ``return_aux`` (``(loss, aux)``) as in
+    :func:`ls_xp.linear_cross_entropy`."""
     opts = v.options(
-        reduction=reduction, ignore_index=ignore_index, convention=convention, chunk_size=chunk_size
-    )
+        reduction=reduction, ignore_index=ignore_index, convention=convention, chunk_size=chunk_size,
+        z_loss=z_loss, softcap=softcap, shift=shift, return_aux=return_aux,
+    )  # fmt: skip
     target, weight, bias = v.inputs_like(torch_xp, hidden.device, target, weight, bias)
     v.check_floating(torch_xp, hidden, "hidden")
     if local_classifier.ndim != 2 or local_classifier.shape[1] != hidden.shape[-1]:
@@ -171,7 +189,10 @@ def vocab_parallel_linear_cross_entropy(
     h = hidden.reshape(-1, hidden.shape[-1])
     k = local_classifier.shape[0]
     shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(*hidden.shape[:-1], k)
-    lay = layout(shape_only, target, weight, None, shape_only.ndim - 1, opts, group, False, smoothing)
+    target, pending = shifted_target(shape_only, target, shape_only.ndim - 1, opts)
+    lay = layout(
+        shape_only, target, weight, None, shape_only.ndim - 1, opts, group, False, smoothing, pending
+    )
     st = setting(shape_only, lay, lay.eps, opts, False, False, hidden.device.type == "cpu")
     plan = "cpu" if hidden.device.type == "cpu" else "accelerator"
     # the rows of a block of the whole problem: each rank holds its share of that block
@@ -187,5 +208,6 @@ def vocab_parallel_linear_cross_entropy(
         st,
         step,
     )
-    loss: Tensor = _VocabParallelLinearCE.apply(hidden, local_classifier, bias, p, coll)
-    return loss.reshape(hidden.shape[:-1]) if reduction == "none" else loss
+    aux: list[Any] = [None]
+    loss: Tensor = _VocabParallelLinearCE.apply(hidden, local_classifier, bias, p, coll, aux)
+    return scored_outputs(loss, aux[0], opts)
