@@ -331,6 +331,8 @@ def errors_worker(rank: int, world: int) -> list[str]:
         "weight": lambda: vce(x, y, 0.1, weight=torch.ones(7)),
         "masked target": lambda: vce(x, y, 0.1, where=good_where.clone().fill_(rank != 0)),
         "smoothing": lambda: vce(x, y, 1.5 if rank == 1 else 0.1),
+        "shift on one rank": lambda: vce(x.reshape(2, 2, 5), y.reshape(2, 2), 0.1, shift=2 if rank else 1),
+        "shift of probabilities": lambda: vce(x.reshape(2, 2, 5), torch.ones(2, 2, 5) / 5, 0.1, shift=1),
     }
     out = []
     for what, call in calls.items():
@@ -347,8 +349,10 @@ def test_errors_on_every_rank_without_a_hang():
     assert all("ok" in res for res in out), out
     r0, r1 = out[0]["ok"], out[1]["ok"]
     same = ["rank 1 has 5 rows", "outside [0, 10)", "weight has lengths", "masked out by where"]
-    expect = {0: ["rank(s) [1] rejected", *same, "rank(s) [1] rejected"]}
-    expect[1] = ["where must be a boolean mask", *same, "smoothing must be in"]
+    soft = "shift with probability targets"
+    expect = {0: ["rank(s) [1] rejected", *same, "rank(s) [1] rejected", "rank(s) [1] rejected", soft]}
+    expect[1] = ["where must be a boolean mask", *same, "smoothing must be in", "smaller than the sequence"]
+    expect[1].append(soft)
     for got, want in ((r0, expect[0]), (r1, expect[1])):
         for line, fragment in zip(got, want, strict=True):
             assert fragment in line, (line, fragment)

@@ -174,7 +174,7 @@ def vocab_parallel_cross_entropy(
     if where is not None and tuple(where.shape) != tuple(x.shape):
         raise ValueError(f"where must have local_logits' shape {tuple(x.shape)}, got {tuple(where.shape)}")
     s = _Static(opts, eps, False, axis_name, bool(weight_sharded))
-    out = _loss(x, target, weight, where, s)
+    out: Any = _loss(x, target, weight, where, s)
     if not opts.shift:
         return out
     loss, aux = out if opts.return_aux else (out, None)

@@ -300,10 +300,11 @@ def shifted_target(logits: Tensor, target: Tensor, ax: int, opts: v.Options) -> 
 
 def scored_outputs(loss: Tensor, aux: Aux | None, opts: v.Options) -> Any:
     """``loss`` (``(loss, aux)`` with ``return_aux``) over the scored positions."""
+    out: Any = loss
     if opts.shift:
         res = scored(Result(loss, None, None, None, aux), opts.shift, opts.reduction == "none")
-        loss, aux = res.loss, res.aux
-    return (loss, aux) if opts.return_aux else loss
+        out, aux = res.loss, res.aux
+    return (out, aux) if opts.return_aux else out
 
 
 def vocab_parallel_cross_entropy(
