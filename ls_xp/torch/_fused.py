@@ -26,7 +26,6 @@ from functools import cache
 from typing import Any
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed
 
 from ls_xp._evaluate import Request, Result, evaluate
 from ls_xp._validate import Options
@@ -82,20 +81,21 @@ def _usable(
     """What the fused block computes exactly as the eager one does: concrete tensors
     outside autograd (the eager Functions call it with grad mode off), no value checks
     asked for (``check_values=True`` reads values back, which compiled code does not),
-    and a freshly written gradient (``overwrite_logits`` writes it into the logits)."""
-    tensors = (logits, target, weight, where, smoothing)
-    if not isinstance(smoothing, torch.Tensor) and not _plain_smoothing(smoothing):
-        return False  # (the eager core raises the error that names it)
+    and a freshly written gradient (``overwrite_logits`` writes it into the logits).
+    Anything the eager core would refuse (a bad axis, a bad smoothing) it refuses."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor) or logits.ndim < 1:
         return False
-    if not -logits.ndim <= opts.axis < logits.ndim:
-        return False  # (the eager core names the bad axis)
-    if opts.check_values or (opts.overwrite_logits and req.grad) or not isinstance(req.z_scale, float):
+    fits = (
+        -logits.ndim <= opts.axis < logits.ndim
+        and (isinstance(smoothing, torch.Tensor) or _plain_smoothing(smoothing))
+        and not (opts.check_values or (opts.overwrite_logits and req.grad))
+        and isinstance(req.z_scale, float)
+    )
+    if not fits or torch._C._are_functorch_transforms_active() or logits.device.type in _BROKEN:
         return False
+    tensors = (logits, target, weight, where, smoothing)
     if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors):
         return False  # a differentiable recomputation (create_graph): eager, joining the graph
-    if torch._C._are_functorch_transforms_active() or logits.device.type in _BROKEN:
-        return False
     return not (logits.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
@@ -108,20 +108,27 @@ def _key(
     logits: Tensor, target: Tensor, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
 ) -> _Key:
     def spec(t: Any) -> Any:
-        return None if t is None else (t.dtype, t.ndim) if isinstance(t, torch.Tensor) else t == 0
+        if isinstance(t, torch.Tensor):
+            return (t.dtype, t.ndim)
+        return None if t is None else "zero" if t == 0 else "number"
 
     classes = logits.shape[opts.axis % logits.ndim]
     inputs = tuple(spec(t) for t in (logits, target, weight, where, smoothing))
     return (logits.device.type, classes, *inputs, opts, req)
 
 
-def _compiled(key: _Key, opts: Options, req: Request, zero: bool) -> Callable[..., Result]:
+def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
     """A new compiled evaluation for one layout (its own code object, see the module).
+
     A smoothing of exactly 0 stays the number 0: the core drops the smoothing terms for
-    it, which a tensor 0 would keep (0 / 0 where a row allows one class)."""
+    it, which a tensor 0 would keep (0 / 0 where a row allows one class). Other numbers
+    come as a one-element tensor (:func:`_smoothing`), made 0-d inside the graph: dynamo
+    takes a 0-d float64 tensor argument on the CPU for a number, guarded by reading it."""
+    kind = key[-3]
 
     def run(logits: Tensor, target: Tensor, smoothing: Any, weight: Any, where: Any) -> Result:
-        return evaluate(logits, target, 0.0 if zero else smoothing, weight, where, opts, req)
+        eps = 0.0 if kind == "zero" else smoothing.reshape(()) if kind == "number" else smoothing
+        return evaluate(logits, target, eps, weight, where, opts, req)
 
     # dynamo keeps what it learnt of a function's shapes under its code's name: one per layout
     name = "ls_xp_fused_" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
@@ -130,8 +137,8 @@ def _compiled(key: _Key, opts: Options, req: Request, zero: bool) -> Callable[..
     return torch.compile(own, backend=BACKEND, fullgraph=True)
 
 
-# the last float smoothing of each layout as a 0-d tensor: dynamo cannot trace a float
-# argument through the core's checks, and a constant would compile anew for every value
+# the last number smoothing of each layout as a one-element tensor: dynamo cannot trace a
+# float argument through the core's checks, and a constant would compile anew for every value
 _EPS: dict[_Key, tuple[float, Tensor]] = {}
 
 
@@ -142,7 +149,7 @@ def _smoothing(key: _Key, smoothing: Any, logits: Tensor) -> Any:
     held = _EPS.get(key)
     if held is None or held[0] != value:
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        held = _EPS[key] = (value, torch.full((), value, dtype=dtype, device=logits.device))
+        held = _EPS[key] = (value, torch.full((1,), value, dtype=dtype, device=logits.device))
     return held[1]
 
 
@@ -199,7 +206,7 @@ def fused(
     if fn is None:
         if len(_COMPILED) >= MAX_LAYOUTS:
             return None
-        fn = _COMPILED[key] = _compiled(key, opts, req, zero=key[-3] is True)
+        fn = _COMPILED[key] = _compiled(key, opts, req)
     try:
         axis = opts.axis % logits.ndim
         marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))
@@ -209,6 +216,8 @@ def fused(
         eager = evaluate(logits, target, smoothing, weight, where, given, req)
         _FAILED.add(key)  # the eager block computed it: the compiler failed
         del _COMPILED[key]
+        from torch._dynamo.exc import BackendCompilerFailed  # (dynamo is imported by now)
+
         if isinstance(exc, BackendCompilerFailed):
             _BROKEN.add(logits.device.type)
         if not _warned[0]:
