@@ -45,13 +45,16 @@ def main(steps: int = 60, backend: str = "gloo") -> list[float]:
     for step in range(steps):
         idx = torch.randint(0, 8192, (512,))
         logits = model(inputs[idx].to(device))  # a DTensor, Shard(-1): each rank its classes
-        loss = ls_xp.cross_entropy(logits, labels[idx].to(device), 0.1)  # replicated
+        # replicated; with PaLM's z-loss and the statistics of the same pass (aux: lse,
+        # z-term, accuracy, count), the accuracy that of the global argmax
+        loss, aux = ls_xp.cross_entropy(logits, labels[idx].to(device), 0.1, z_loss=1e-4, return_aux=True)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach().full_tensor()))
         if dist.get_rank() == 0 and (step % 20 == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {losses[-1]:.4f}  ({dist.get_world_size()} ranks)", flush=True)
+            acc, ranks = float(aux.accuracy.full_tensor()), dist.get_world_size()
+            print(f"step {step:4d}  loss {losses[-1]:.4f}  accuracy {acc:.3f}  ({ranks} ranks)", flush=True)
     return losses
 
 
