@@ -172,8 +172,11 @@ def dtensor_values(
     without ``opts.return_aux``)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
-    if opts.return_aux and not with_aux:
-        _refuse_llm_options(opts, "loss_and_grad of DTensor logits (in this version of the adapter)")
+    if opts.return_aux and not with_aux:  # (a caller that does not take the statistics)
+        raise NotImplementedError(
+            "return_aux=True is not supported by loss_and_grad of DTensor logits yet; use "
+            "cross_entropy(..., return_aux=True) and .backward()"
+        )
     p = _placement(logits)
     ax = v.check_axis(opts.axis, logits.ndim)
     if not (isinstance(p, Shard) and p.dim % logits.ndim == ax):
