@@ -114,7 +114,7 @@ def _key(
 
     classes = logits.shape[opts.axis % logits.ndim]
     inputs = tuple(spec(t) for t in (logits, target, weight, where, smoothing))
-    return (logits.device.type, classes, *inputs, opts, req)
+    return (logits.device, classes, *inputs, opts, req)  # (the device: the smoothing tensor's)
 
 
 def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
