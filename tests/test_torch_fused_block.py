@@ -66,6 +66,23 @@ def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         _fused.wanted(x)
 
 
+def test_where_no_compiler_works_the_eager_block_runs(fused, monkeypatch) -> None:
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(_fused, "BACKEND", broken)
+    monkeypatch.setattr(_fused, "_warned", [False])
+    monkeypatch.setattr(_fused, "_BROKEN", set())
+    monkeypatch.setattr(_fused, "_FAILED", set())
+    x0, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    with pytest.warns(RuntimeWarning, match="could not be compiled"):
+        got = _loss_and_grad(x0, y, 0.3)
+    assert any(key[-3] == "number" and key[2] == (torch.float64, 2) for key in _fused._FAILED)
+    assert "cpu" in _fused._BROKEN  # (no further attempt on this device)
+    monkeypatch.setenv("LS_XP_COMPILE", "0")
+    torch.testing.assert_close(got, _loss_and_grad(x0, y, 0.3), rtol=0, atol=0)
+
+
 def test_one_kernel_few_operations_no_sync_and_the_eager_values(fused, monkeypatch) -> None:
     """256 x 1000 float32: the generated code, the profiler's counts, the eager plan's loss
     and gradient, no recompile for other batch sizes; then float64."""

@@ -35,7 +35,7 @@ Tensor = torch.Tensor
 ENV = "LS_XP_COMPILE"
 _SWITCH = ("auto", "1", "0")
 # the Inductor backend; tests of the tracing alone may set "aot_eager" (no code generated)
-BACKEND = "inductor"
+BACKEND: Any = "inductor"
 # compiled layouts per process: beyond it new layouts stay eager (an options object that
 # changes at every call, a z_loss schedule, would otherwise compile at every call)
 MAX_LAYOUTS = 64
@@ -200,33 +200,37 @@ def fused(
         return None
     given, opts = opts, replace(opts, chunk_size=None, workers=None, check_values=False)
     key = _key(logits, target, weight, where, smoothing, opts, req)
-    if key in _FAILED:
+    if key in _FAILED or (key not in _COMPILED and len(_COMPILED) >= MAX_LAYOUTS):
         return None
-    fn = _COMPILED.get(key)
-    if fn is None:
-        if len(_COMPILED) >= MAX_LAYOUTS:
-            return None
-        fn = _COMPILED[key] = _compiled(key, opts, req)
     try:
+        fn = _COMPILED.get(key)
+        if fn is None:
+            fn = _COMPILED[key] = _compiled(key, opts, req)
         axis = opts.axis % logits.ndim
         marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))
         with _batch_dynamic(marks):
             return fn(logits, target, _smoothing(key, smoothing, logits), weight, where)
     except Exception as exc:  # noqa: BLE001 (the eager evaluation decides whether it was the inputs)
         eager = evaluate(logits, target, smoothing, weight, where, given, req)
-        _FAILED.add(key)  # the eager block computed it: the compiler failed
-        del _COMPILED[key]
-        from torch._dynamo.exc import BackendCompilerFailed  # (dynamo is imported by now)
-
-        if isinstance(exc, BackendCompilerFailed):
-            _BROKEN.add(logits.device.type)
-        if not _warned[0]:
-            _warned[0] = True
-            warnings.warn(
-                f"ls_xp: the fused block could not be compiled ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                f"the eager block runs instead (set {ENV}=0 to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        _give_up(key, logits, exc)  # the eager block computed it: the compiler failed
         return eager
+
+
+def _give_up(key: _Key, logits: Tensor, exc: Exception) -> None:
+    """Remember a layout whose compilation failed (and a device whose compiler failed),
+    and say so once per process."""
+    from torch._dynamo.exc import BackendCompilerFailed  # (dynamo is imported by now)
+
+    _FAILED.add(key)
+    _COMPILED.pop(key, None)
+    if isinstance(exc, BackendCompilerFailed):
+        _BROKEN.add(logits.device.type)
+    if not _warned[0]:
+        _warned[0] = True
+        first = (str(exc).strip().splitlines() or [""])[0]
+        warnings.warn(
+            f"ls_xp: the fused block could not be compiled ({type(exc).__name__}: {first}); "
+            f"the eager block runs instead (set {ENV}=0 to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
