@@ -2,17 +2,19 @@
 
 Eagerly, each array-API operation of the block is one kernel launch (about fifty per loss
 and backward). On the accelerator plan the same evaluation is compiled instead, once per
-dtype and class-axis layout, with dynamic shapes (a new batch size or class count reuses
-the kernels) and a full graph; the compiled code reads no value back, as the eager plan
-does not. ``LS_XP_COMPILE`` switches it: ``auto`` (the default) compiles on CUDA devices
-where Triton is installed, ``1`` on any device on the accelerator plan (forced on a CPU
-with ``LS_XP_PLAN=accelerator``: C++ kernels), ``0`` never. Where no compiler works the
-evaluation stays eager, with one warning per process.
+layout (device, dtypes, class count and axis, which inputs are given, the options and
+what is asked for), with dynamic batch dimensions (a new batch size or smoothing value
+reuses the kernels) and a full graph; the compiled code reads no value back, as the eager
+plan does not. ``LS_XP_COMPILE`` switches it: ``auto`` (the default) compiles on CUDA
+devices where Triton is installed, ``1`` on any device on the accelerator plan (forced on
+a CPU with ``LS_XP_PLAN=accelerator``: C++ kernels), ``0`` never. The first call of a
+layout pays the compilation; a layout first met during CUDA-graph capture runs eagerly
+(compiling there would synchronise). Where no compiler works the evaluation stays eager,
+with one warning per process.
 
 Each compiled evaluation is its own code object, so that dynamo's per-code recompile
 limit counts the recompilations of one layout, not of all of them.
 """
-
 from __future__ import annotations
 
 import contextlib
