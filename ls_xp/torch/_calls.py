@@ -38,8 +38,8 @@ def evaluate(
     if (
         isinstance(logits, torch.Tensor)
         and not torch.compiler.is_compiling()
+        and _fused.wanted(logits)  # (first: on the CPU by default a cheap no)
         and _plan.plan(logits) == "accelerator"
-        and _fused.wanted(logits)
     ):
         res = _fused.fused(logits, target, smoothing, weight, where, opts, req)
         if res is not None:

@@ -51,11 +51,16 @@ _warned: list[bool] = [False]
 
 def switch() -> str:
     """The value of ``LS_XP_COMPILE`` (``auto``, ``1`` or ``0``), checked."""
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    return _parse(os.environ.get(ENV))
+
+
+@cache  # (every PyTorch evaluation asks: the environment's string, parsed once)
+def _parse(raw: str | None) -> str:
+    value = (raw or "").strip().lower() or "auto"
     aliases = {"on": "1", "true": "1", "yes": "1", "off": "0", "false": "0", "no": "0"}
     value = aliases.get(value, value)
     if value not in _SWITCH:
-        raise ValueError(f"the environment variable {ENV} must be one of auto, 1 or 0, got {value!r}")
+        raise ValueError(f"the environment variable {ENV} must be one of auto, 1 or 0, got {raw!r}")
     return value
 
 
@@ -73,7 +78,7 @@ def wanted(logits: Tensor) -> bool:
     checked the plan)."""
     value = switch()
     if value == "auto":
-        return logits.device.type == "cuda" and _has_triton()
+        return logits.is_cuda and _has_triton()
     return value == "1"
 
 
