@@ -32,7 +32,7 @@ class Adapter:
     ) -> Array:
         """The loss (``cross_entropy``, or ``kl_divergence`` with ``kl``); ``(loss, aux)``
         with ``opts.return_aux``."""
-        res = evaluate(logits, target, smoothing, weight, where, opts, Request(kl=kl))
+        res = evaluate(logits, target, smoothing, weight, where, opts, _LOSS[kl])
         return (res.loss, res.aux) if opts.return_aux else res.loss
 
     def values(
@@ -48,7 +48,7 @@ class Adapter:
     ) -> tuple[Array | None, Array, Any]:
         """The loss (if ``want_loss``), its analytic gradient and the statistics (with
         ``opts.return_aux``, else None), as plain values."""
-        res = evaluate(logits, target, smoothing, weight, where, opts, Request(loss=want_loss, grad=True))
+        res = evaluate(logits, target, smoothing, weight, where, opts, _VALUES[want_loss])
         return res.loss, res.grad, res.aux
 
     def linear_loss(
@@ -80,6 +80,9 @@ class Adapter:
 
 
 GENERIC = Adapter()
+# the requests of the generic adapter, made once (a small loss is mostly call overhead)
+_LOSS = {kl: Request(kl=kl) for kl in (False, True)}
+_VALUES = {want: Request(loss=want, grad=True) for want in (False, True)}
 
 
 def _instance_of(x: Any, module: str, cls: str) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ls_xp import _plan
 from ls_xp._adapters import GENERIC, Adapter, is_jax_array, is_torch_array
 from ls_xp._validate import Options, join_library
 
 
 def adapter_for(x: Any) -> Adapter:
     """The adapter of the library of ``x`` (imported the first time it is needed)."""
+    if _plan.kind(x) == "numpy":  # (the generic adapter, without asking the other libraries)
+        return GENERIC
     if is_torch_array(x):
         from ls_xp.torch._adapter import ADAPTER as TORCH
 

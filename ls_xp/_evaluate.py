@@ -17,10 +17,16 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, is_writeable_array
+from array_api_compat import is_writeable_array
 
 from ls_xp import _math, _plan
 from ls_xp import _validate as v
+from ls_xp._labels import (  # (class_indices, total_weight: the fused and parallel losses import them here)
+    checked_indices,
+    class_indices,  # noqa: F401
+    row_factors,
+    total_weight,  # noqa: F401
+)
 from ls_xp._math import BlockOut, BlockRows, Spec
 from ls_xp._numeric import astype, is_zero, move_axis, safe_divide
 from ls_xp._picks import Picks, scatters_in_place, take_class
@@ -93,6 +99,7 @@ class _Rows:
     total_weight: float | Array  # the "mean" denominator
     nonzero: Array | None  # total_weight != 0, where it is an array
     count: float | Array  # the number of counted rows (the z-loss's "mean" denominator)
+    ignored: bool | None = None  # whether a row is ignored, where the label check found out
 
 
 def evaluate(
@@ -105,7 +112,7 @@ def evaluate(
     req: Request,
 ) -> Result:
     """Loss and derivatives in one blocked pass (the core of every public function)."""
-    xp = array_namespace(logits)
+    xp = _plan.namespace(logits)
     plan = _plan.plan(logits)
     read = plan == "cpu" if opts.check_values is None else opts.check_values
     v.check_floating(xp, logits, "logits")
@@ -114,7 +121,7 @@ def evaluate(
     shape = v.check_known_shape(logits, "logits")
     ax = v.check_axis(opts.axis, logits.ndim)
     dev = device_of(logits)
-    dt = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 compute in float32
+    dt = _plan.compute_dtype(xp, logits.dtype)  # float16/bfloat16 compute in float32
     sp = Spec(
         eps=v.check_smoothing(xp, smoothing, dt, dev, read), convention=opts.convention,
         log_probs=opts.log_probs, kl=req.kl, dtype=dt, want_grad=req.grad,
@@ -132,10 +139,14 @@ def evaluate(
     rows = _rows(xp, sp, logits, target, weight, where, ax, opts)
     br = rows.block
     # ignored rows may hold non-finite logits: their logits are replaced in every block
+    # (where the label check found whether there are any, it is not asked again)
     guard = br.valid is not None and (
-        not read or not _plan.is_concrete(br.valid) or v.any_true(xp, ~br.valid)
+        rows.ignored
+        if rows.ignored is not None
+        else not read or not _plan.is_concrete(br.valid) or v.any_true(xp, ~br.valid)
     )
-    sp = sp._replace(want_target_grad=req.target_grad and br.valid is None, guard_rows=guard)
+    if guard or (req.target_grad and br.valid is not None):  # (else the Spec stands as it is)
+        sp = sp._replace(want_target_grad=req.target_grad and br.valid is None, guard_rows=guard)
     grad_buf = None
     if req.grad and opts.overwrite_logits and shifted is None and _plan.can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
@@ -158,10 +169,15 @@ def _assemble(
     and the statistics."""
     shape = tuple(logits.shape)
     batch_shape, num_classes = shape[:ax] + shape[ax + 1 :], shape[ax]
-    compute = xp.result_type(logits.dtype, xp.float32)  # float16/bfloat16 computed in float32
+    compute = _plan.compute_dtype(xp, logits.dtype)  # float16/bfloat16 computed in float32
     dt = compute if req.loss_in_compute_dtype else logits.dtype
-    reduce = _Reduction(xp, opts.reduction, rows.block.factor, rows, batch_shape, dt)
-    reduce_z = reduce._replace(factor=rows.block.factor_z)
+    factor, factor_z = rows.block.factor, rows.block.factor_z
+
+    def reduce(r: Array | None, at_zero: float) -> Array | None:
+        return _reduce(xp, opts.reduction, factor, rows, batch_shape, dt, r, at_zero)
+
+    def reduce_z(r: Array | None, at_zero: float) -> Array | None:
+        return _reduce(xp, opts.reduction, factor_z, rows, batch_shape, dt, r, at_zero)
 
     def _unflatten(g: Array | None, dtype: Any) -> Array | None:
         if g is None or g is logits:
@@ -204,65 +220,37 @@ def _assemble(
 
 
 def _count(xp: ModuleType, rows: _Rows, logits: Array) -> Array:
-    index_dtype = xpx.default_dtype(xp, "indexing", device=device_of(logits))
+    index_dtype = _plan.index_dtype(xp, device_of(logits))
     if isinstance(rows.count, float):
         return xp.asarray(int(rows.count), dtype=index_dtype, device=device_of(logits))
     return xp.astype(rows.count, index_dtype)
 
 
-class _Reduction(NamedTuple):
-    """Per-row values times the row factors (class indices: 0 at ignored rows, NaN at bad
-    ones, 1 / the total weight for "mean"), then reduced."""
-
-    xp: ModuleType
-    reduction: str
-    factor: float | Array
-    rows: _Rows
-    batch_shape: tuple[int, ...]
-    dtype: Any
-
-    def __call__(self, r: Array | None, at_zero: float) -> Array | None:
-        xp = self.xp
-        if r is None:
-            return None
-        if not (isinstance(self.factor, float) or type(self.factor).__name__ == "SymFloat"):
-            r = r * self.factor  # (per-row factors; a number, also a traced one, is one divisor)
-        if self.reduction == "none":
-            out = xp.reshape(r, self.batch_shape)
-        elif self.reduction == "sum":
-            out = xp.sum(r)
-        elif self.rows.nonzero is None:  # probabilities: the mean over the positions
-            out = safe_divide(xp, xp.sum(r), self.rows.total_weight, at_zero)
-        else:  # (the factors are 0 where the total weight is 0: at_zero is 0 already)
-            out = xp.sum(r) if at_zero == 0.0 else xp.where(self.rows.nonzero, xp.sum(r), at_zero)
-        return astype(xp, out, self.dtype)
-
-
-def class_indices(
-    xp: ModuleType, y: Array, num_classes: int, ignore_index: int, read: bool
-) -> tuple[Array, Array, Array]:
-    """(valid, ok, safe) of class indices: not ignored; in [0, K); and the indices
-    clipped into [0, K), safe to gather with. An index neither ignored nor in range
-    raises where values may be ``read``; elsewhere its rows become NaN downstream.
-    (Clipping both finds the indices out of range and makes them safe.)"""
-    valid = y != ignore_index
-    safe = xp.clip(y, 0, num_classes - 1)
-    ok = safe == y
-    if read and v.any_true(xp, valid & ~ok):
-        value = v.first_value(xp, y, valid & ~ok)
-        raise ValueError(
-            f"target contains class index {value}, outside [0, {num_classes}) "
-            f"and not ignore_index={ignore_index}"
-        )
-    return valid, ok, safe
-
-
-def total_weight(xp: ModuleType, valid: Array, w_y: Array | None, dtype: Any) -> Array:
-    """The ``"mean"`` denominator of class indices: sum_n w[y_n] over the rows not ignored
-    (their count without weights)."""
-    if w_y is not None:
-        return xp.sum(xp.where(valid, w_y, 0.0))
-    return xp.sum(xp.astype(valid, dtype))
+def _reduce(
+    xp: ModuleType,
+    reduction: str,
+    factor: float | Array | None,
+    rows: _Rows,
+    batch_shape: tuple[int, ...],
+    dtype: Any,
+    r: Array | None,
+    at_zero: float,
+) -> Array | None:
+    """Per-row values ``r`` times the row factors (class indices: 0 at ignored rows, NaN at
+    bad ones, 1 / the total weight for "mean"), then reduced."""
+    if r is None:
+        return None
+    if not (isinstance(factor, float) or type(factor).__name__ == "SymFloat"):
+        r = r * factor  # (per-row factors; a number, also a traced one, is one divisor)
+    if reduction == "none":
+        out = xp.reshape(r, batch_shape)
+    elif reduction == "sum":
+        out = xp.sum(r)
+    elif rows.nonzero is None:  # probabilities: the mean over the positions
+        out = safe_divide(xp, xp.sum(r), rows.total_weight, at_zero)
+    else:  # (the factors are 0 where the total weight is 0: at_zero is 0 already)
+        out = xp.sum(r) if at_zero == 0.0 else xp.where(rows.nonzero, xp.sum(r), at_zero)
+    return astype(xp, out, dtype)
 
 
 def _rows(
@@ -289,7 +277,7 @@ def _rows(
     x = as_rows(xp, logits, ax)
     w = v.class_weight(xp, weight, num_classes, dt, sp.read)
     m = v.class_mask(xp, where, shape, ax)
-    index_dtype = xpx.default_dtype(xp, "indexing", device=dev)
+    index_dtype = _plan.index_dtype(xp, dev)
     classes = None if m is None else xp.arange(num_classes, device=dev)
     w_sum = None if w is None else xp.sum(w)
     if m is not None:
@@ -321,27 +309,18 @@ def _index_rows(
 ) -> _Rows:
     """The bookkeeping of class indices: which rows count, and each row's factor."""
     num_classes, dt = x.shape[1], sp.dtype
-    index_dtype = xpx.default_dtype(xp, "indexing", device=device_of(x))
+    index_dtype = _plan.index_dtype(xp, device_of(x))
     y = astype(xp, xp.reshape(target, (-1, 1)), index_dtype)  # a column, like every per-row array
-    valid, ok, safe = class_indices(xp, y, num_classes, opts.ignore_index, sp.read)
+    valid, ok, safe, ignored = checked_indices(xp, y, num_classes, opts.ignore_index, sp.read)
     if m is not None:
         assert classes is not None
-        ok = ok & xp.any(m & (classes == y), axis=-1, keepdims=True)
+        allowed = xp.any(m & (classes == y), axis=-1, keepdims=True)
+        ok = allowed if ok is None else ok & allowed
         if sp.read and v.any_true(xp, valid & ~ok):
             value = v.first_value(xp, y, valid & ~ok)
             raise ValueError(f"target class {value} is masked out by where")
     w_y = None if w is None else take_class(xp, w, safe)
-    # each row's factor: 1 (1 / the total weight for "mean") where it counts, 0 where it
-    # is ignored, NaN where its class index is bad
-    total: float | Array = 1.0
-    nonzero = None
-    if opts.reduction == "mean":
-        total = total_weight(xp, valid, w_y, dt)
-        nonzero = total != 0  # shared with the loss's division by the same total
-        per_row = safe_divide(xp, 1.0, total, 0.0, nonzero)
-    else:
-        per_row = xp.astype(valid, dt)
-    factor = xp.where(valid, xp.where(ok, per_row, math.nan), 0.0)
+    total, nonzero, factor = row_factors(xp, opts.reduction, valid, ok, ignored, w_y, dt)
     # the z-loss and the accuracy count rows, not their weights: 1 / the number of counted
     # rows for "mean" (Liger-Kernel's z-loss); without weights that is the same factor
     factor_z: Array | None = factor
@@ -349,9 +328,10 @@ def _index_rows(
     if sp.z_loss or sp.want_aux:
         count = xp.sum(xp.astype(valid, dt))
         if opts.reduction == "mean" and w is not None:
-            factor_z = xp.where(valid, xp.where(ok, safe_divide(xp, 1.0, count, 0.0), math.nan), 0.0)
+            per_count = safe_divide(xp, 1.0, count, 0.0)
+            factor_z = xp.where(valid, per_count if ok is None else xp.where(ok, per_count, math.nan), 0.0)
     br = BlockRows(x, safe, None, valid, m, w, w_y, w_sum, factor, factor_z)  # (bad rows: NaN factors)
-    return _Rows(br, classes, total, nonzero, count)
+    return _Rows(br, classes, total, nonzero, count, ignored)
 
 
 def as_rows(xp: ModuleType, a: Array, ax: int) -> Array:
@@ -374,6 +354,24 @@ class _Blocks(NamedTuple):
     hit: Array | None
 
 
+_ROW_COLUMNS: dict[int, Array] = {}
+
+
+def _row_column(xp: ModuleType, n: int, device: Any) -> Array:
+    """``arange(n)`` as an (n, 1) column, the row half of the index pairs: kept for NumPy,
+    read-only (it is only ever an index), for the few small sizes a program calls with."""
+    if _plan.kind_of_namespace(xp) != "numpy" or n > 4096 or _plan.compiling():
+        return xp.arange(n, device=device)[:, None]
+    rows = _ROW_COLUMNS.get(n)
+    if rows is None:
+        rows = xp.arange(n, device=device)[:, None]
+        rows.flags.writeable = False  # (NumPy's own flag: no caller can write into it)
+        if len(_ROW_COLUMNS) >= 64:
+            _ROW_COLUMNS.clear()
+        _ROW_COLUMNS[n] = rows
+    return rows
+
+
 def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | None) -> _Blocks:
     """Run the block function over row blocks; per-row losses (and their derivatives in
     eps) and the (N, K) gradients, filled block by block where there is more than one."""
@@ -389,7 +387,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
             column if sp.want_aux else None, column if sp.want_aux else None,
         )  # fmt: skip
     dense = not (scatters_in_place(xp) and _plan.is_concrete(br.x))
-    rows = xp.arange(min(step, n_rows), device=dev)[:, None]
+    rows = _row_column(xp, min(step, n_rows), dev)
     classes = rw.classes
     if dense and classes is None:
         classes = xp.arange(num_classes, device=dev)
@@ -408,8 +406,12 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
         sl = slice(starts[i], min(n_rows, starts[i] + step))
         n = sl.stop - sl.start
         part = br if step >= n_rows else br.rows(sl)
-        part = part._replace(x=astype(xp, part.x, dt), t=None if part.t is None else astype(xp, part.t, dt))
-        b = _math.block(xp, sp, part, Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense))
+        if part.x.dtype != dt or (part.t is not None and part.t.dtype != dt):
+            part = part._replace(
+                x=astype(xp, part.x, dt), t=None if part.t is None else astype(xp, part.t, dt)
+            )
+        picks = Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense)
+        b = _math.block(xp, sp, part, picks)
         if not fill:
             return b, None
         for name, block in (("grad", b.grad), ("target_grad", b.target_grad)):
@@ -421,10 +423,22 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
     shared = fill and _plan.is_concrete(br.x) and all(is_writeable_array(buf) for buf in bufs.values())
     threads = min(_plan.workers(xp, sp.workers, sp.plan), len(starts)) if shared and len(starts) > 1 else 1
     out = _plan.run_blocks(run, len(starts), threads)
+    return _joined(xp, out, bufs)
+
+
+def _joined(xp: ModuleType, out: list[BlockOut], bufs: dict[str, Any]) -> _Blocks:
+    """The blocks' per-row values joined, and their gradients (filled into ``bufs`` where
+    there were several blocks)."""
+    if len(out) == 1:  # (one block: its rows are all the rows)
+        b = out[0]
+        return _Blocks(
+            b.row, b.eps_row, bufs.get("grad", b.grad), bufs.get("target_grad", b.target_grad),
+            b.z_row, b.lse, b.hit,
+        )  # fmt: skip
 
     def _rows_of(field: str) -> Array | None:
         parts = [getattr(b, field) for b in out]
-        return parts[0] if len(parts) == 1 or parts[0] is None else xp.concat(parts)
+        return parts[0] if parts[0] is None else xp.concat(parts)
 
     return _Blocks(
         _rows_of("row"), _rows_of("eps_row"), bufs.get("grad", out[0].grad),

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from array_api_compat import device as get_device
+import array_api_extra as xpx
 from array_api_compat import (
+    array_namespace,
     is_array_api_strict_namespace,
     is_cupy_array,
     is_jax_array,
@@ -27,6 +28,7 @@ from array_api_compat import (
     is_torch_array,
     is_writeable_array,
 )
+from array_api_compat import device as get_device
 
 PLANS = ("auto", "cpu", "accelerator")
 _ACCELERATOR_NAMES = ("cuda", "gpu", "mps", "xpu", "rocm", "tpu", "hpu", "metal", "opencl")
@@ -59,15 +61,23 @@ def on_accelerator(x: Any) -> bool:
     """Whether ``x`` lives on an accelerator (anything but host memory): CuPy arrays, and
     devices named like ``cuda:0``, ``mps``, ``xpu``, JAX's ``gpu``/``tpu`` platforms.
     array-api-strict's emulated devices are host memory."""
-    if kind(x) == "numpy":
+    what = kind(x)
+    if what == "numpy":
         return False
+    if what == "torch":  # (a torch.device: its type names it; no generic device look-up)
+        name = x.device.type
+        return name != "cpu" and _is_accelerator_name(name)
     if is_cupy_array(x):
         return True
     dev = get_device(x)
     if dev is None:  # inside jax.jit: the compiler decides, values are never read anyway
         return False
     dev = next(iter(getattr(dev, "device_set", None) or (dev,)))  # (a JAX sharding: its devices)
-    name = str(getattr(dev, "platform", None) or getattr(dev, "type", None) or dev).lower()
+    return _is_accelerator_name(str(getattr(dev, "platform", None) or getattr(dev, "type", None) or dev))
+
+
+def _is_accelerator_name(name: str) -> bool:
+    name = name.lower()
     return any(k in name for k in _ACCELERATOR_NAMES)
 
 
@@ -76,6 +86,11 @@ def device_of(x: Any) -> Any:
     library's default) when ``x`` is a JAX array sharded over several devices, whose
     sharding names a layout of ``x``'s shape that a new array of another shape cannot take;
     JAX places such arrays where the operations that use them ask."""
+    what = kind(x)
+    if what == "numpy":
+        return "cpu"  # (array-api-compat's device of every NumPy array)
+    if what == "torch":
+        return x.device
     dev = get_device(x)
     return None if len(getattr(dev, "device_set", ())) > 1 else dev
 
@@ -86,24 +101,56 @@ def plan(x: Any) -> str:
     ``LS_XP_PLAN`` in the environment (``auto``, ``cpu``, ``accelerator``) forces one, as a
     testing and tuning aid: ``accelerator`` on a CPU runs exactly the code path a GPU runs.
     """
-    forced = os.environ.get("LS_XP_PLAN", "auto").strip().lower() or "auto"
-    if forced not in PLANS:
-        allowed = ", ".join(repr(p) for p in PLANS)
-        raise ValueError(f"the environment variable LS_XP_PLAN must be one of {allowed}, got {forced!r}")
+    forced = _forced_plan(os.environ.get("LS_XP_PLAN", "auto"))
     if forced != "auto":
         return forced
     return "accelerator" if on_accelerator(x) else "cpu"
 
 
+_FORCED: dict[str, str] = {}
+
+
+def _forced_plan(raw: str) -> str:
+    """``LS_XP_PLAN`` normalised and checked (read at every call, as tests change it; its
+    few values are parsed once)."""
+    forced = _FORCED.get(raw)
+    if forced is None:
+        forced = raw.strip().lower() or "auto"
+        if forced not in PLANS:
+            allowed = ", ".join(repr(p) for p in PLANS)
+            raise ValueError(f"the environment variable LS_XP_PLAN must be one of {allowed}, got {forced!r}")
+        if len(_FORCED) < 64:
+            _FORCED[raw] = forced
+    return forced
+
+
 _KINDS: dict[type, str] = {}
+
+
+def compiling() -> bool:
+    """Whether dynamo is tracing this call (``torch.compile``, ``torch.export``): then no
+    cache is read or written, so that dynamo has nothing to guard on."""
+    if _IS_COMPILING:  # (asked several times per call: the function found once)
+        return bool(_IS_COMPILING[0]())
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is None:
+        return False
+    is_compiling = torch_mod.compiler.is_compiling
+    if is_compiling():
+        return True
+    _IS_COMPILING.append(is_compiling)  # (outside dynamo: no side effect for it to trace)
+    return False
+
+
+_IS_COMPILING: list[Callable[[], bool]] = []
 
 
 def kind(x: Any) -> str:
     """The kind of library of ``x`` ("numpy", "torch", "jax" or "other"), cached per type:
     these checks run several times per call, and a small loss is all call overhead."""
     t = type(x)
-    torch_mod = sys.modules.get("torch")
-    if torch_mod is not None and torch_mod.compiler.is_compiling():  # no cache for dynamo to guard on
+    if compiling():  # no cache for dynamo to guard on
+        torch_mod = sys.modules["torch"]
         return "torch" if isinstance(x, torch_mod.Tensor) else "numpy" if t.__module__ == "numpy" else "other"
     kind = _KINDS.get(t)
     if kind is None:
@@ -119,6 +166,77 @@ def kind(x: Any) -> str:
     return kind
 
 
+_NAMESPACES: dict[str, ModuleType] = {}
+
+
+def namespace(x: Any) -> ModuleType:
+    """``array_namespace(x)``, looked up once for NumPy and PyTorch arrays: every array of
+    those has the same (array-api-compat's) namespace, and the look-up is a fair share of a
+    small loss's time."""
+    what = kind(x)
+    if what not in ("numpy", "torch") or compiling():
+        return array_namespace(x)
+    xp = _NAMESPACES.get(what)
+    if xp is None:
+        xp = _NAMESPACES[what] = array_namespace(x)
+    return xp
+
+
+def kind_of_namespace(xp: ModuleType) -> str | None:
+    """The kind ("numpy", "torch") whose namespace :func:`namespace` found ``xp`` to be."""
+    for what, known in _NAMESPACES.items():
+        if known is xp:
+            return what
+    return None
+
+
+def known_namespace(x: Any) -> ModuleType | None:
+    """The namespace of ``x`` where :func:`namespace` has already looked it up (NumPy and
+    PyTorch arrays, outside dynamo), else None: a cheap test that two arrays share one."""
+    what = kind(x)
+    return _NAMESPACES.get(what) if what in ("numpy", "torch") and not compiling() else None
+
+
+_Value = TypeVar("_Value")
+_MEMO: dict[tuple[Any, ...], Any] = {}
+
+
+def memo(key: tuple[Any, ...], make: Callable[[], _Value]) -> _Value:
+    """``make()``, remembered under ``key`` (a decision about a namespace, a dtype or a
+    device, the same at every call): not while dynamo traces, nor for unhashable keys
+    (some libraries' device objects)."""
+    if compiling():
+        return make()
+    try:
+        hit = _MEMO.get(key, _MISSING)
+    except TypeError:
+        return make()
+    if hit is _MISSING:
+        hit = make()
+        if len(_MEMO) >= 1024:
+            _MEMO.clear()
+        _MEMO[key] = hit
+    return hit
+
+
+_MISSING = object()
+
+
+def isdtype(xp: ModuleType, dtype: Any, kinds: str | tuple[str, ...]) -> bool:
+    """``xp.isdtype(dtype, kinds)``, remembered (NumPy's is a Python function of its own)."""
+    return memo(("isdtype", xp, dtype, kinds), lambda: bool(xp.isdtype(dtype, kinds)))
+
+
+def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """The dtype the formulas compute in: float32 at least (float16/bfloat16 in float32)."""
+    return memo(("compute", xp, dtype), lambda: xp.result_type(dtype, xp.float32))
+
+
+def index_dtype(xp: ModuleType, device: Any) -> Any:
+    """The library's default index dtype on ``device`` (``xpx.default_dtype``)."""
+    return memo(("index", xp, device), lambda: xpx.default_dtype(xp, "indexing", device=device))
+
+
 def is_concrete(x: Any) -> bool:
     """True when the values of ``x`` can be read without forcing a lazy computation.
 
@@ -131,17 +249,26 @@ def is_concrete(x: Any) -> bool:
     if what == "numpy":
         return True
     if what == "torch":
-        torch_mod = sys.modules.get("torch")
-        if torch_mod is not None and torch_mod.compiler.is_compiling():
+        if compiling():
             return False  # traced by dynamo / export: fake tensors, no value to read
-        functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
-        wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+        wrapped = _functorch_wrapped()
         return wrapped is None or not wrapped(x)
     if what == "jax":
         jax_core = sys.modules.get("jax.core")
         tracer = getattr(jax_core, "Tracer", None)
         return tracer is None or not isinstance(x, tracer)
     return not is_lazy_array(x)
+
+
+_WRAPPED: list[Any] = []
+
+
+def _functorch_wrapped() -> Any:
+    """``torch._C._functorch.is_functorch_wrapped_tensor`` (None where missing), found once."""
+    if not _WRAPPED:
+        functorch = getattr(getattr(sys.modules.get("torch"), "_C", None), "_functorch", None)
+        _WRAPPED.append(getattr(functorch, "is_functorch_wrapped_tensor", None))
+    return _WRAPPED[0]
 
 
 def available_cpus() -> int:

@@ -7,18 +7,13 @@ read: concrete arrays (not under ``jax.jit`` tracing, not Dask) on the CPU plan,
 ``check_values=True``. Elsewhere the core turns the offending rows into NaN, so a bad
 input never yields a plausible number.
 
-Scalars are accepted the way NumPy accepts them: an integer parameter takes anything
-with ``__index__`` (Python and NumPy integers, 0-d integer arrays), a real parameter
-anything ``float()`` reads (Python and NumPy numbers, concrete 0-d arrays), a boolean
-parameter only ``True``/``False`` (and NumPy booleans). Booleans are refused where a
-number is expected.
+The scalar keywords are checked into an :class:`Options` by :mod:`ls_xp._options`, whose
+names this module re-exports: the door is one module to its callers.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -26,121 +21,29 @@ from array_api_compat import array_namespace, is_array_api_obj, is_dask_array, i
 from array_api_compat import device as get_device
 
 from ls_xp import _plan
-from ls_xp._plan import available_cpus, is_concrete
+
+# the checks of the scalar keywords, re-exported: the door is one module to its callers
+from ls_xp._options import (
+    CONVENTIONS,  # noqa: F401
+    DEFAULT_OPTIONS,  # noqa: F401
+    REDUCTIONS,  # noqa: F401
+    Options,  # noqa: F401
+    _is_bool,
+    as_bool,  # noqa: F401
+    as_int,
+    as_real,  # noqa: F401
+    check_choice,  # noqa: F401
+    check_chunk_size,  # noqa: F401
+    check_ignore_index,  # noqa: F401
+    check_shift,  # noqa: F401
+    check_softcap,  # noqa: F401
+    check_workers,  # noqa: F401
+    check_z_loss,  # noqa: F401
+    options,  # noqa: F401
+)
+from ls_xp._plan import is_concrete
 
 Array = Any
-
-REDUCTIONS = ("mean", "sum", "none")
-CONVENTIONS = ("uniform", "others")
-
-
-@dataclass(frozen=True)
-class Options:
-    """The scalar keywords of the losses, checked once at the door.
-
-    Frozen and hashable, so that it can be a static argument under ``jax.jit`` or a
-    ``custom_jvp``'s non-differentiable argument; a module builds it once at construction.
-    """
-
-    reduction: str = "mean"
-    ignore_index: int = -100
-    axis: int = -1  # as given: the core normalises it against the logits' ndim
-    convention: str = "uniform"
-    log_probs: bool = False
-    chunk_size: int | None = None
-    workers: int | None = None  # a positive count (negative ones counted back), or None
-    overwrite_logits: bool = False
-    check_values: bool | None = None
-    z_loss: float = 0.0  # the weight of lse**2 per counted row (PaLM's z-loss)
-    softcap: float | None = None  # logits become softcap * tanh(logits / softcap) (Gemma 2)
-    shift: int = 0  # score position t against target t + shift (the causal-LM shift)
-    return_aux: bool = False  # also return the statistics of the same pass
-    accum_dtype: Any = None  # the fused loss's dtype for summing dW and db (None: float32 at least)
-
-
-def options(
-    *,
-    reduction: Any = "mean",
-    ignore_index: Any = -100,
-    axis: Any = -1,
-    convention: Any = "uniform",
-    log_probs: Any = False,
-    chunk_size: Any = None,
-    workers: Any = None,
-    overwrite_logits: Any = False,
-    check_values: Any = None,
-    z_loss: Any = 0.0,
-    softcap: Any = None,
-    shift: Any = 0,
-    return_aux: Any = False,
-    accum_dtype: Any = None,
-) -> Options:
-    """The keywords as an :class:`Options`, each checked; an error names the bad one."""
-    opts = Options(
-        reduction=check_choice("reduction", reduction, REDUCTIONS),
-        ignore_index=check_ignore_index(ignore_index),
-        axis=as_int(axis, "axis"),
-        convention=check_choice("convention", convention, CONVENTIONS),
-        log_probs=as_bool(log_probs, "log_probs"),
-        chunk_size=check_chunk_size(chunk_size),
-        workers=check_workers(workers),
-        overwrite_logits=as_bool(overwrite_logits, "overwrite_logits"),
-        check_values=None if check_values is None else as_bool(check_values, "check_values"),
-        z_loss=check_z_loss(z_loss),
-        softcap=check_softcap(softcap),
-        shift=check_shift(shift),
-        return_aux=as_bool(return_aux, "return_aux"),
-        accum_dtype=accum_dtype,  # (checked against the inputs' library by the fused loss)
-    )
-    if opts.log_probs and (opts.softcap is not None or opts.z_loss or opts.return_aux):
-        name = "softcap" if opts.softcap is not None else "z_loss" if opts.z_loss else "return_aux"
-        raise ValueError(
-            f"{name} needs logits, but log_probs=True says they are log-probabilities; "
-            f"pass the logits with log_probs=False"
-        )
-    return opts
-
-
-def _static_real(value: Any, name: str) -> float:
-    """A hyperparameter that shapes the computation: a Python or NumPy number (or a
-    concrete 0-d array), never a traced value."""
-    if type(value) in (int, float):  # (the common case; under dynamo also a symbolic float)
-        return float(value)
-    if is_array_api_obj(value) and not is_concrete(value):
-        raise TypeError(f"{name} must be a Python number (a static hyperparameter), got a traced {value!r}")
-    return as_real(value, name)
-
-
-def _finite(z: float) -> bool:
-    """``math.isfinite`` by comparisons, which dynamo also evaluates on a symbolic float
-    (``torch.compile(dynamic=True)`` makes Python float defaults symbolic)."""
-    return -math.inf < z < math.inf  # (False for NaN)
-
-
-def check_z_loss(value: Any) -> float:
-    z = _static_real(value, "z_loss")
-    if not (_finite(z) and z >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0 (e.g. 1e-4), got {value!r}")
-    return z
-
-
-def check_softcap(value: Any) -> float | None:
-    if value is None:
-        return None
-    cap = _static_real(value, "softcap")
-    if not (_finite(cap) and cap > 0.0):
-        raise ValueError(f"softcap must be a finite number > 0 (e.g. 30.0) or None, got {value!r}")
-    return cap
-
-
-def check_shift(value: Any) -> int:
-    shift = as_int(value, "shift")
-    if shift < 0:
-        raise ValueError(f"shift must be an integer >= 0 (1 for the causal-LM loss), got {shift}")
-    return shift
-
-
-DEFAULT_OPTIONS = Options()
 
 
 def check_accum_dtype(xp: ModuleType, value: Any, compute: Any) -> Any:
@@ -159,15 +62,6 @@ def check_accum_dtype(xp: ModuleType, value: Any, compute: Any) -> Any:
     return value
 
 
-def check_ignore_index(value: Any) -> int:
-    if value is None:
-        raise TypeError(
-            "ignore_index must be an integer, got None; to ignore no class pass a value that "
-            "is no class index, such as the default -100 (fairseq's ignore_index=None)"
-        )
-    return as_int(value, "ignore_index")
-
-
 def check_logits(logits: Any, name: str = "logits") -> None:
     """``logits`` must be an array of a supported library (a list is not)."""
     if not is_array_api_obj(logits):
@@ -182,8 +76,11 @@ def join_library(logits: Any, *others: Any, name: str = "logits") -> Any:
     NumPy and one of them is not: NumPy and Python values join any other library (a JAX
     loss evaluated on NumPy primals, as ``jax.test_util.check_grads`` does). Two non-NumPy
     libraries are left for :func:`same_namespace` to refuse, naming both."""
-    if _plan.kind(logits) in ("torch", "jax"):  # (also keeps array-api-compat's caches out of dynamo)
+    what = _plan.kind(logits)
+    if what in ("torch", "jax"):  # (also keeps array-api-compat's caches out of dynamo)
         return logits
+    if what == "numpy" and all(o is None or type(o) is float or _plan.kind(o) == "numpy" for o in others):
+        return logits  # (the common case, without the generic checks below)
     check_logits(logits, name)
     if not is_numpy_array(logits):
         return logits
@@ -191,48 +88,6 @@ def join_library(logits: Any, *others: Any, name: str = "logits") -> Any:
         if other is not None and is_array_api_obj(other) and not is_numpy_array(other):
             return array_namespace(other).asarray(logits, device=get_device(other))
     return logits
-
-
-def _is_bool(value: Any) -> bool:
-    return (
-        isinstance(value, bool)
-        or type(value).__name__ == "bool"
-        or (getattr(value, "dtype", None) is not None and str(value.dtype) == "bool")
-    )
-
-
-def as_int(value: Any, name: str) -> int:
-    """An integer parameter: Python or NumPy integers, 0-d integer arrays (not bool)."""
-    if type(value) is int:  # (the common case; under dynamo also a symbolic int)
-        return value
-    if _is_bool(value):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from exc
-
-
-def as_real(value: Any, name: str) -> float:
-    """A real parameter: Python or NumPy numbers, concrete 0-d real arrays (not bool)."""
-    if _is_bool(value) or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and "complex" in str(dtype):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a real number, got {value!r}") from exc
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A flag: True or False only (NumPy booleans too); anything else is a TypeError."""
-    if isinstance(value, bool):
-        return value
-    if type(value).__name__ == "bool_" or type(value).__name__ == "bool":
-        return bool(value)
-    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _is_array(a: Any) -> bool:
@@ -258,6 +113,11 @@ def same_namespace(xp: ModuleType, device: Any, value: Any, name: str, like: str
     """
     if value is None:
         return None
+    if _plan.known_namespace(value) is xp:  # (the common case: no generic look-ups)
+        if _plan.kind(value) == "numpy" and device in ("cpu", None):
+            return value  # (what xp.asarray gives back)
+        if _plan.kind(value) == "torch" and (device is None or value.device == device):
+            return value
     if is_array_api_obj(value) and not is_numpy_array(value):
         try:
             other = array_namespace(value)
@@ -314,6 +174,9 @@ def check_smoothing(
     The range [0, 1] is checked where the value can be read; an out-of-range value that
     cannot be read becomes NaN, so the loss is NaN rather than a plausible number.
     """
+    if type(smoothing) is float:  # (the common case: a Python number, read as it is)
+        _check_range(smoothing, smoothing)
+        return smoothing
     if _is_bool(smoothing) or isinstance(smoothing, (str, bytes)):
         raise TypeError(f"smoothing must be a real number in [0, 1], got {smoothing!r}")
     given: Any = smoothing  # any library's scalar or 0-d array
@@ -343,43 +206,6 @@ def _check_range(value: float, given: Any) -> None:
         raise ValueError(f"smoothing must be in [0, 1], got {given!r}")
 
 
-def check_chunk_size(value: Any) -> int | None:
-    """Rows per block: a positive integer, or None for the default."""
-    if value is None:
-        return None
-    rows = as_int(value, "chunk_size")
-    if rows < 1:
-        raise ValueError(f"chunk_size must be a positive int (rows per block) or None, got {rows}")
-    return rows
-
-
-def check_workers(value: Any) -> int | None:
-    """Threads over row blocks, SciPy's ``workers``: a positive count, or a negative one
-    counted back from the CPUs available (-1: all of them); None for the default."""
-    if value is None:
-        return None
-    count = as_int(value, "workers")
-    if count < 0:
-        count += available_cpus() + 1
-        if count < 1:
-            raise ValueError(
-                f"workers={value} counts back past the {available_cpus()} CPU(s) available to this process"
-            )
-    elif count == 0:
-        raise ValueError(
-            "workers must be a positive int, a negative one counted back from the CPUs "
-            "available (-1: all of them), or None; got 0"
-        )
-    return count
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
-
-
 def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     ax = as_int(axis, name)
     if not -ndim <= ax < ndim:
@@ -388,7 +214,7 @@ def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
 
 
 def check_floating(xp: ModuleType, x: Any, name: str) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _plan.isdtype(xp, x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
@@ -471,7 +297,7 @@ def is_probability_target(xp: ModuleType, logits: Array, target: Array, axis: in
     """Tell class indices from class probabilities the way PyTorch does: by shape."""
     batch = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1 :])
     if tuple(target.shape) == tuple(logits.shape):
-        if not xp.isdtype(target.dtype, "real floating"):
+        if not _plan.isdtype(xp, target.dtype, "real floating"):
             raise TypeError(
                 "target has the shape of logits, so it is read as class probabilities, which "
                 f"must be floating point; got dtype {target.dtype}. Class indices must have "
@@ -484,7 +310,7 @@ def is_probability_target(xp: ModuleType, logits: Array, target: Array, axis: in
             f"{tuple(logits.shape)}: class indices need shape {batch} (logits without axis "
             f"{axis}), class probabilities need shape {tuple(logits.shape)}"
         )
-    if not xp.isdtype(target.dtype, "integral"):
+    if not _plan.isdtype(xp, target.dtype, "integral"):
         raise TypeError(
             f"target holds class indices (its shape is logits' without the class axis), which "
             f"must have an integer dtype, got {target.dtype}; convert it, e.g. "
