@@ -8,13 +8,14 @@ reuses the kernels) and a full graph; the compiled code reads no value back, as 
 plan does not. ``LS_XP_COMPILE`` switches it: ``auto`` (the default) compiles on CUDA
 devices where Triton is installed, ``1`` on any device on the accelerator plan (forced on
 a CPU with ``LS_XP_PLAN=accelerator``: C++ kernels), ``0`` never. The first call of a
-layout pays the compilation; a layout first met during CUDA-graph capture runs eagerly
-(compiling there would synchronise). Where no compiler works the evaluation stays eager,
-with one warning per process.
+layout pays the compilation; during CUDA-graph capture the block runs eagerly (a
+compilation there, also a recompilation, would synchronise). Where no compiler works
+the evaluation stays eager, with one warning per process.
 
 Each compiled evaluation is its own code object, so that dynamo's per-code recompile
 limit counts the recompilations of one layout, not of all of them.
 """
+
 from __future__ import annotations
 
 import contextlib
