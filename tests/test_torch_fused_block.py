@@ -61,6 +61,8 @@ def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     for value, on in (("0", False), ("off", False), ("1", True), ("ON", True), ("", False), ("auto", False)):
         monkeypatch.setenv("LS_XP_COMPILE", value)
         assert _fused.wanted(x) is on  # auto: CUDA only
+    monkeypatch.delenv("LS_XP_COMPILE")
+    assert _fused.switch() == "0"  # off unless asked for (not yet measured on a GPU)
     monkeypatch.setenv("LS_XP_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="LS_XP_COMPILE"):
         _fused.wanted(x)

@@ -30,7 +30,8 @@ A gradient with respect to ``weight`` is not implemented (PyTorch raises there t
 
 Layout: ``_modules`` (the public classes), ``_adapter`` (the hooks the core API calls),
 ``_autograd`` (the eager Functions), ``_ops`` (the custom operators), ``_calls`` (the
-core as the adapter calls it, and PyTorch's block sizes).
+core as the adapter calls it, and PyTorch's block sizes), ``_fused`` (the accelerator
+plan's compiled block, ``LS_XP_COMPILE``).
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ and backward). On the accelerator plan the same evaluation is compiled instead, 
 layout (device, dtypes, class count and axis, which inputs are given, the options and
 what is asked for), with dynamic batch dimensions (a new batch size or smoothing value
 reuses the kernels) and a full graph; the compiled code reads no value back, as the eager
-plan does not. ``LS_XP_COMPILE`` switches it: ``auto`` (the default) compiles on CUDA
-devices where Triton is installed, ``1`` on any device on the accelerator plan (forced on
-a CPU with ``LS_XP_PLAN=accelerator``: C++ kernels), ``0`` never. The first call of a
+plan does not. ``LS_XP_COMPILE`` switches it: ``0`` (the default) never, ``auto``
+compiles on CUDA devices where Triton is installed, ``1`` on any device on the
+accelerator plan (forced on a CPU with ``LS_XP_PLAN=accelerator``: C++ kernels). It is off
+by default because it has not yet been measured on a GPU: its CPU proxies (one kernel,
+four passes over the logits, no sync) are tested, its Triton code and first-call compile
+time on CUDA are not. The first call of a
 layout pays the compilation; during CUDA-graph capture the block runs eagerly (a
 compilation there, also a recompilation, would synchronise). Where no compiler works
 the evaluation stays eager, with one warning per process.
@@ -57,7 +60,7 @@ def switch() -> str:
 
 @cache  # (every PyTorch evaluation asks: the environment's string, parsed once)
 def _parse(raw: str | None) -> str:
-    value = (raw or "").strip().lower() or "auto"
+    value = (raw or "").strip().lower() or "0"
     aliases = {"on": "1", "true": "1", "yes": "1", "off": "0", "false": "0", "no": "0"}
     value = aliases.get(value, value)
     if value not in _SWITCH:
