@@ -4,7 +4,9 @@ and the fused linear loss with its row blocks in ``lax.scan``.
 The first-order tangent is ``sum(grad * d_logits)`` (+ ``sum(target_grad * d_target)``
 for probability targets, + ``d loss/d eps * d_eps``) with the derivatives from the core's
 analytic formulas; the tangent with respect to ``weight`` (rarely wanted) comes from
-differentiating the formula itself.
+differentiating the formula itself. Under ``jit`` on a CPU the rule evaluates the logits
+in rematerialised row blocks (:mod:`ls_xp.jax._blocks`), so that reverse mode keeps no
+N x K array but the gradient it returns.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ls_xp import _linear, _plan, _validate
 from ls_xp._adapters import Adapter
 from ls_xp._evaluate import Aux, Request, evaluate
 from ls_xp._validate import Options
+from ls_xp.jax import _blocks
 
 Array = Any
 
@@ -42,6 +45,9 @@ def _checked_smoothing(x: Any, smoothing: Any) -> Any:
 def _loss(
     logits: Array, target: Array, weight: Array, where: Array, smoothing: Any, opts: Options, kl: bool
 ) -> Array:
+    lay = _blocks.layout(logits, target, weight, where, opts)
+    if lay is not None:
+        return _blocks.evaluate_blocks(logits, target, weight, where, smoothing, opts, kl, lay)[0]
     return evaluate(logits, target, smoothing, weight, where, opts, Request(kl=kl)).loss
 
 
@@ -55,6 +61,14 @@ def _loss_jvp(
     logits, target = jnp.asarray(logits), jnp.asarray(target)
     d_logits, d_target, d_weight, _, d_smoothing = tangents
     soft = target.shape == logits.shape and jnp.issubdtype(target.dtype, jnp.floating)
+    lay = _blocks.layout(logits, target, weight, where, opts)
+    if lay is not None and (weight is None or _is_zero(d_weight)):  # (see _blocks: no N x K residual)
+        given = (
+            None if _is_zero(d_logits) else d_logits,
+            None if not soft or _is_zero(d_target) else d_target,
+            None if _is_zero(d_smoothing) else d_smoothing,
+        )
+        return _blocks.evaluate_blocks(logits, target, weight, where, smoothing, opts, kl, lay, given)
     req = Request(
         kl=kl, grad=not _is_zero(d_logits), target_grad=bool(soft and not _is_zero(d_target)),
         smoothing_grad=not _is_zero(d_smoothing),
