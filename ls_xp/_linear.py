@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_writeable_array
 
 from ls_xp import _plan
 from ls_xp import _validate as v
@@ -50,6 +50,18 @@ from ls_xp._plan import device_of
 from ls_xp._shift import scored
 
 Array = Any
+
+# The CPU plan's blocks are sized in bytes, not rows: the peak of the fused loss is one block
+# of logits (and, for half precision, its float32 gradient), the classifier's gradient and
+# what the softmax of a piece of the block keeps alive, so a byte budget bounds it whatever
+# V and the dtype. 16 MiB is 128 rows of float32 at V = 32768: enough rows for the
+# (V x n_B) @ (n_B x D) product of the classifier's gradient to run at full speed.
+BLOCK_BYTES = 1 << 24
+# Each block's softmax runs in pieces of at most this many bytes of logits (each piece keeps
+# a few temporaries of its size alive: shifted logits, exp, softcap's tanh). Smaller pieces
+# cost time: every operation of a piece is a parallel region of its own, and at 2 MiB a
+# piece the CPU plan ran 1.5-1.9x slower on a loaded 2-core machine.
+SOFTMAX_BYTES = 1 << 23
 
 
 class LinearResult(NamedTuple):
@@ -210,11 +222,14 @@ def block(
         logits = logits + p.bias
     # 2. its rows summed (finish applies the "mean" factor); the gradient may replace the
     #    block's logits, which are ours, and stays in float32 where dW is summed in float32
+    #    The labels were checked in setup; where values may be read (the CPU plan) the core
+    #    reads them again per piece, so that pieces without ignored rows skip the row guard
+    #    (a where() over the piece: one more pass and one more temporary)
     o = p.opts
     opts = v.Options(
-        reduction="none", ignore_index=p.ignore_index, convention=p.convention, chunk_size=chunk_size,
-        overwrite_logits=True, check_values=False, z_loss=o.z_loss, softcap=o.softcap,
-        return_aux=o.return_aux,
+        reduction="none", ignore_index=p.ignore_index, convention=p.convention,
+        chunk_size=softmax_rows(p, chunk_size), overwrite_logits=True, check_values=p.read,
+        z_loss=o.z_loss, softcap=o.softcap, return_aux=o.return_aux,
     )  # fmt: skip
     wide = p.accum is not None and p.accum != logits.dtype
     z_scale = 1.0 if p.reduction != "mean" or p.total is p.count else p.total / p.count
@@ -259,19 +274,43 @@ def _add_gram(xp: ModuleType, total: Array, g: Array, h: Array, whole: bool = Fa
 
 
 def block_rows(p: Problem, chunk_size: int | None = None) -> int:
-    """Rows per block: ``chunk_size``, else blocks of :data:`ls_xp._plan.LINEAR_BLOCK_ELEMENTS`
-    logits (more on the accelerator plan), at least one row. Lazy arrays (Dask) take one
-    block: their own chunks are the blocks."""
+    """Rows per block: ``chunk_size``, else :data:`BLOCK_BYTES` of logits and gradient on
+    the CPU plan (:data:`ls_xp._plan.LINEAR_ACCELERATOR_BLOCK_ELEMENTS` logits on the
+    accelerator plan), at least one row. Lazy arrays (Dask) take one block: their own
+    chunks are the blocks."""
     if chunk_size is not None:
         return chunk_size
     if not _plan.is_concrete(p.hidden):
         return max(p.hidden.shape[0], 1)
-    return default_block_rows(p.classifier.shape[0], _plan.plan(p.hidden))
+    return default_block_rows(p.classifier.shape[0], _plan.plan(p.hidden), _row_bytes(p))
 
 
-def default_block_rows(num_classes: int, plan: str = "cpu") -> int:
-    budget = _plan.LINEAR_ACCELERATOR_BLOCK_ELEMENTS if plan == "accelerator" else _plan.LINEAR_BLOCK_ELEMENTS
-    return max(1, budget // max(num_classes, 1))
+def default_block_rows(num_classes: int, plan: str = "cpu", row_bytes: int | None = None) -> int:
+    """Rows per block of ``num_classes`` logits; ``row_bytes``: the bytes one row of the
+    block holds (4 per class, float32's, if not given)."""
+    if plan == "accelerator":  # a fixed number of launches per block: the larger the better
+        return max(1, _plan.LINEAR_ACCELERATOR_BLOCK_ELEMENTS // max(num_classes, 1))
+    return max(1, BLOCK_BYTES // max(row_bytes or 4 * num_classes, 1))
+
+
+def softmax_rows(p: Problem, rows: int | None) -> int | None:
+    """Rows per piece of a block's softmax: ``rows`` (the adapter's choice; None: the
+    core's) and at most :data:`SOFTMAX_BYTES` of logits and gradient on the CPU plan."""
+    if p.plan == "accelerator":
+        return rows
+    most = max(1, SOFTMAX_BYTES // _row_bytes(p))
+    return most if rows is None else max(1, min(rows, most))
+
+
+def _itemsize(xp: ModuleType, dtype: Any) -> int:
+    return xp.finfo(dtype).bits // 8
+
+
+def _row_bytes(p: Problem) -> int:
+    """The bytes of one row of a block: its logits, and a float32 gradient beside them
+    when the logits are narrower (the core's gradient cannot replace them then)."""
+    size = _itemsize(p.xp, p.classifier.dtype)
+    return max(1, p.classifier.shape[0]) * (size + (4 if size < 4 else 0))
 
 
 def evaluate_linear(
@@ -396,11 +435,17 @@ def finish(
         return astype(xp, out, out_dtype)
 
     def _scaled(g: Array | None, dtype: Any) -> Array | None:
+        """The gradient times the "mean" factor, in place where it can be (every gradient
+        here is a fresh array of ours, the classifier's as large as the classifier: a
+        scaled copy would be the largest array of the call)."""
         if g is None:
             return None
-        return astype(
-            xp, g * unit if p.reduction == "mean" else g, p.classifier.dtype if dtype is None else dtype
-        )
+        in_place = bool(is_writeable_array(g))  # (a bool: no narrowing of g's type)
+        if p.reduction == "mean" and in_place:
+            g *= unit
+        elif p.reduction == "mean":
+            g = g * unit
+        return astype(xp, g, p.classifier.dtype if dtype is None else dtype)
 
     if grad_hidden is not None:
         grad_hidden = xp.reshape(grad_hidden, (*p.batch_shape, p.hidden.shape[1]))

@@ -218,7 +218,7 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         target = y
     # 4. the z-loss rows, the statistics, and the softcap's chain rule 1 - tanh^2
     g = out.grad
-    if sp.softcap is not None and g is not None:
+    if sp.softcap is not None and g is not None:  # (x, the capped logits, is ours: made above)
         g = _softcap_chain(xp, g, x, sp.softcap, inplace=sp.inplace and not pk.dense)
     return out._replace(
         grad=g,
@@ -230,13 +230,16 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
 
 def _softcap_chain(xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool) -> Array:
     """d/dx of softcap tanh(x / softcap) is 1 - tanh^2 = 1 - (capped / softcap)^2: the
-    gradient times that, as g - g t^2 (in place in a fresh t where ``g`` is ours)."""
-    t = capped / softcap
+    gradient times that, as g - g t^2. In place (``g`` and ``capped`` are ours, and the
+    capped logits are not read again), t^2 g is made in the capped logits' buffer, so that
+    the softcap keeps one block temporary alive, not two."""
     if not inplace:
+        t = capped / softcap
         return g * (1.0 - t * t)
-    t *= t
-    t *= g
-    g -= t
+    capped /= softcap
+    capped *= capped
+    capped *= g
+    g -= capped
     return g
 
 
