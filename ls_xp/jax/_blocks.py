@@ -69,15 +69,17 @@ def layout(logits: Array, target: Array, weight: Any, where: Any, opts: v.Option
 def _whole(logits: Array, target: Array, weight: Any, where: Any, opts: v.Options) -> bool:
     """Whether the logits are evaluated whole: concrete inputs (eager calls, whose values
     the core checks; a concrete class mask likewise), accelerators (XLA fuses their
-    reductions), sharded logits (their layout is the mesh's), class axes other than the
-    last, the causal shift, and inputs the core's checks will refuse."""
+    reductions), several devices or sharded logits, class axes other than the last, the
+    causal shift, and inputs the core's checks will refuse."""
     if _plan.is_concrete(logits) or _plan.plan(logits) != "cpu" or logits.ndim < 2:
         return True
-    spec = getattr(getattr(jax.typeof(logits), "sharding", None), "spec", None)
+    # several devices: jit may shard the rows, which its partitioner splits itself (a scan
+    # over row blocks would gather them); an explicit sharding is the mesh's layout too
+    spec = getattr(getattr(getattr(logits, "aval", None), "sharding", None), "spec", None) or ()
+    if jax.device_count() > 1 or any(part is not None for part in spec):
+        return True
     shape = tuple(logits.shape)
-    if (spec is not None and any(part is not None for part in spec)) or not all(
-        isinstance(d, int) for d in shape
-    ):
+    if not all(isinstance(d, int) for d in shape):
         return True
     n, k = math.prod(shape[:-1]), shape[-1]
     soft = tuple(target.shape) == shape and jnp.issubdtype(target.dtype, jnp.floating)
