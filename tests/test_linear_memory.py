@@ -59,7 +59,7 @@ def _peak(fn: object) -> int:
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
     """Blocks of 16 rows of V = 2048 float32 logits (128 KiB), pieces of the same size and
-    class slices of the classifier's gradient of 64 KiB: the returns the block bytes."""
+    class slices of the classifier's gradient of 64 KiB; returns the block bytes."""
     monkeypatch.setattr(_linear, "BLOCK_BYTES", 16 * 2048 * 4)
     monkeypatch.setattr(_linear, "SOFTMAX_BYTES", 16 * 2048 * 4)
     monkeypatch.setattr(_plan, "GRAM_ELEMENTS", 1 << 14)
