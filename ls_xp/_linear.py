@@ -54,8 +54,9 @@ Array = Any
 # The CPU plan's blocks are sized in bytes, not rows: the peak of the fused loss is one block
 # of logits (and, for half precision, its float32 gradient), the classifier's gradient and
 # what the softmax of a piece of the block keeps alive, so a byte budget bounds it whatever
-# V and the dtype. 16 MiB is 128 rows of float32 at V = 32768: enough rows for the
-# (V x n_B) @ (n_B x D) product of the classifier's gradient to run at full speed.
+# V and the dtype. 16 MiB is 128 rows of float32 at V = 32768: the (V x n_B) @ (n_B x D)
+# product of the classifier's gradient runs faster with more rows, so this is a trade of
+# some speed for memory (a larger chunk_size buys it back).
 BLOCK_BYTES = 1 << 24
 # Each block's softmax runs in pieces of at most this many bytes of logits (each piece keeps
 # a few temporaries of its size alive: shifted logits, exp, softcap's tanh). Smaller pieces
