@@ -20,6 +20,15 @@ if jax.default_backend() != "cpu" or jax.device_count() > 1:
     pytest.skip("the row blocks are the CPU plan's, on one device", allow_module_level=True)
 
 
+@pytest.fixture
+def x32():
+    """32-bit defaults (int32 class indices in the blocks), whatever an earlier test set."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
 def _analysis(f, *shapes):
     analysis = jax.jit(f).lower(*shapes).compile().memory_analysis()
     if analysis is None:
@@ -32,7 +41,7 @@ def _peak(a) -> int:
     return a.argument_size_in_bytes + a.output_size_in_bytes + a.temp_size_in_bytes - a.alias_size_in_bytes
 
 
-def test_value_and_grad_at_2048_by_131072_holds_the_logits_the_gradient_and_blocks():
+def test_value_and_grad_at_2048_by_131072_holds_the_logits_the_gradient_and_blocks(x32):
     """The issue's size, compiled only (no array is allocated): 2.03x the logits, inputs
     included (the whole-array rule held 3.03x, optax 5.0x)."""
     n, k = 2048, 131072
@@ -52,7 +61,7 @@ def test_value_and_grad_at_2048_by_131072_holds_the_logits_the_gradient_and_bloc
         ({"reduction": "sum"}, True),
     ],
 )
-def test_small_blocks_keep_the_temporaries_block_sized(kw, soft):
+def test_small_blocks_keep_the_temporaries_block_sized(x32, kw, soft):
     """4 MiB of logits in blocks of 8 rows (``chunk_size``): the temporaries stay under a
     quarter of the logits (one N x K temporary would be 1x), also for a cotangent that
     is an argument (``vjp``), per-row losses and probability targets."""
