@@ -43,9 +43,8 @@ ACCELERATOR_BLOCK_ELEMENTS = 1 << 28
 # wants fewer, larger blocks; a block stays under glibc's largest mmap threshold (32 MiB
 # of float32), above which every temporary is mapped and faulted in afresh.
 TORCH_CPU_BLOCK_ELEMENTS = 7 << 20
-# The fused linear loss: its classifier-gradient product (V x n) @ (n x D) wants n in the
-# hundreds, so its row blocks hold more logits than the plain loss's.
-LINEAR_BLOCK_ELEMENTS = 1 << 24
+# The fused linear loss on the accelerator plan: a fixed number of launches per block, so
+# its blocks are large (on the CPU plan they are sized in bytes: ls_xp._linear.BLOCK_BYTES).
 LINEAR_ACCELERATOR_BLOCK_ELEMENTS = 1 << 26
 # ... and the classifier gradient is accumulated one class slice of this size at a time,
 # so that the temporary product stays small while the matmuls stay large.

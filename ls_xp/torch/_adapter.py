@@ -111,8 +111,7 @@ class TorchAdapter(Adapter):
         if is_dtensor(logits):
             from ls_xp.torch._dtensor import dtensor_values
 
-            loss, grad = dtensor_values(logits, target, smoothing, weight, where, opts)
-            return loss, grad, None
+            return dtensor_values(logits, target, smoothing, weight, where, opts, with_aux=True)
         with torch.no_grad():
             res = evaluate(
                 logits, target, smoothing, weight, where, blocked(logits, opts), _VALUES[want_loss]
