@@ -233,7 +233,8 @@ def block(
         z_loss=o.z_loss, softcap=o.softcap, return_aux=o.return_aux,
     )  # fmt: skip
     wide = p.accum is not None and p.accum != logits.dtype
-    z_scale = 1.0 if p.reduction != "mean" or p.total is p.count else p.total / p.count
+    # (total weight over counted rows; 0 where no row counts, as the plain loss gives)
+    z_scale = 1.0 if p.reduction != "mean" or p.total is p.count else safe_divide(p.xp, p.total, p.count, 0.0)
     req = Request(
         grad=want_grad, smoothing_grad=want_smoothing_grad, loss_in_compute_dtype=True,
         grad_in_compute_dtype=wide, z_scale=z_scale,

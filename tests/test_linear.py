@@ -6,6 +6,7 @@ no N x V array is made."""
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -380,3 +381,16 @@ def test_dask_rows_chunked_classifier_replicated():
     for a, e in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a.compute()), e, rtol=1e-12, atol=1e-14)
     assert got[1].chunks[0] == dh.chunks[0]  # the hidden gradient keeps the row chunks
+
+
+def test_all_rows_ignored_with_weights_and_z_loss_gives_zero_gradients():
+    # the z-loss scale (total weight over counted rows) is 0/0 here: 0, as the plain loss's
+    rng = np.random.default_rng(4)
+    h, w_cls = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    y, weight = np.full(4, -100), rng.random(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, gh, gw, _ = ls_xp.linear_loss_and_grad(h, w_cls, y, 0.1, weight=weight, z_loss=1e-4)
+        plain, g = ls_xp.loss_and_grad(h @ w_cls.T, y, 0.1, weight=weight, z_loss=1e-4)
+    assert np.isnan(loss) and np.isnan(plain)  # a mean over no counted row, as PyTorch's
+    assert not np.any(g) and not np.any(gh) and not np.any(gw)
