@@ -6,7 +6,9 @@ whose tangent is the analytic gradient. One rule serves forward mode (``jvp``,
 transposes the rule, which is linear in the tangents) and higher orders (``hessian``: the
 rule itself is written in differentiable ``jax.numpy`` operations). ``jit`` and ``vmap``
 trace straight through it. ``smoothing`` is an input of the rule, so derivatives with
-respect to it are analytic too and a traced smoothing works under ``jit``.
+respect to it are analytic too and a traced smoothing works under ``jit``. Under ``jit`` on
+a CPU the rule evaluates the logits in rematerialised row blocks (``_blocks``), so that
+``jit(value_and_grad)`` holds the logits, the gradient and a few blocks.
 
 ``ls_xp.linear_cross_entropy`` on JAX arrays runs its row blocks in ``lax.scan`` inside a
 ``jax.custom_vjp`` rule, so XLA holds one block of logits at a time, never N x V.
