@@ -11,13 +11,11 @@ fresh Python with 4 emulated devices and print their findings as JSON.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests._devices import run_on_cpu_devices
 
 pytest.importorskip("jax", reason="jax is not installed")
 
@@ -103,13 +101,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def findings() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT")]
-    assert proc.returncode == 0 and line, proc.stderr[-4000:]
-    return json.loads(line[-1][len("RESULT") :])
+    return run_on_cpu_devices(SCRIPT)
 
 
 def test_the_mesh_has_explicit_axes(findings):

@@ -9,13 +9,11 @@ JSON (the device count must be set before JAX is imported).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests._devices import run_on_cpu_devices
 
 pytest.importorskip("jax", reason="jax is not installed")
 
@@ -132,13 +130,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def findings() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT")]
-    assert proc.returncode == 0 and line, proc.stderr[-4000:]
-    return json.loads(line[-1][len("RESULT") :])
+    return run_on_cpu_devices(SCRIPT, timeout=900)
 
 
 def test_shard_map_llm_options_equal_the_unsharded_loss(findings):
