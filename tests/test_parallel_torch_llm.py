@@ -212,6 +212,22 @@ def _dtensor_cases(rank: int, world: int) -> list[Any]:
         loss.sum().backward() if red == "none" else loss.backward()
         err = max(_rel(loss.full_tensor().detach(), ref.detach()), _rel(dx.grad.full_tensor(), xr.grad))
         out.append((f"{place} {red}", max(err, _aux_error(aux, ref_aux)), dx.grad.placements[0] == place))
+    for red in ("mean", "sum", "none"):  # batch-sharded (some ranks hold no row at R > 2)
+        xr = d["x"].clone().requires_grad_()
+        ref, ref_aux = ls_xp.cross_entropy(xr, d["y"], 0.1, reduction=red, **kw)
+        ref.sum().backward()
+        dx = distribute_tensor(d["x"].clone(), mesh, [Shard(0)]).requires_grad_()
+        loss, aux = ls_xp.cross_entropy(dx, d["y"], 0.1, reduction=red, **kw)
+        loss.sum().backward() if red == "none" else loss.backward()
+        err = max(_rel(loss.full_tensor().detach(), ref.detach()), _rel(dx.grad.full_tensor(), xr.grad))
+        out.append((f"Shard(0) {red}", max(err, _aux_error(aux, ref_aux)), dx.grad.placements[0] == Shard(0)))
+    dx = distribute_tensor(d["x"].clone(), mesh, [Shard(0)])
+    try:  # two "mean" denominators (total weight, count) for one local gradient: refused
+        ls_xp.cross_entropy(dx, d["y"], 0.1, weight=d["w"], z_loss=1e-2)
+        refused = False
+    except NotImplementedError as exc:
+        refused = "z_loss with class weights" in str(exc)
+    out.append(("Shard(0) z_loss with weights refused", 0.0 if refused else 1.0, True))
     from ls_xp._validate import options
 
     opts = options(reduction="mean", **kw)

@@ -4,7 +4,9 @@
   the vocabulary-parallel loss of :mod:`ls_xp.torch._parallel` on the local shards over
   the mesh's process group. No context manager is needed (unlike ``loss_parallel``).
 - ``Shard(d)`` on another axis (batch-sharded): the local loss, plus one SUM of the
-  local sum and "mean" denominator for ``"mean"`` and ``"sum"``.
+  local sum and "mean" denominator for ``"mean"`` and ``"sum"`` (with z-loss, shift or
+  statistics: of the local sum, z-term, hits and count; not with class weights under
+  ``"mean"``, and the shift not along the sharded positions).
 - ``Replicate()``: the loss of the local (whole) tensor.
 
 The loss comes back as a DTensor, ``Replicate()`` (``"none"``: placed like the rows);
@@ -100,17 +102,63 @@ def dtensor_loss(
 
     if isinstance(p, Replicate):
         return _replicated(fn(local, opts.reduction), mesh, opts)
-    _refuse_llm_options(opts, "batch-sharded DTensor logits (Shard(d) off the class axis)")
     assert isinstance(p, Shard)
     d = p.dim % logits.ndim
+    _refuse_batch_sharded(opts, weight, d, logits.ndim)
     target, where = _my_rows(target, logits, d, ax), _my_rows(where, logits, d, ax)
+    shape = torch.Size(s for i, s in enumerate(logits.shape) if i != ax)
+    if opts.shift:  # (the scored positions: the last `shift` of each sequence have no target)
+        shape = torch.Size((*shape[:-1], shape[-1] - opts.shift))
+    place = [Shard(d if d < ax else d - 1)]
+
+    def rows(a: Tensor) -> Any:  # per-position values, placed like the positions
+        return DTensor.from_local(a, mesh, place, run_check=False, shape=shape, stride=_contiguous(shape))
+
+    if opts.z_loss or opts.shift or opts.return_aux:
+        out = local_loss(local, target, smoothing, weight, where, _local_sum(opts), kl=kl)
+        return _batch_llm(out, opts, mesh, rows)
     if opts.reduction == "none":
-        rows = fn(local, "none")
-        shape = torch.Size(s for i, s in enumerate(logits.shape) if i != ax)
-        place = [Shard(d if d < ax else d - 1)]
-        return DTensor.from_local(rows, mesh, place, run_check=False, shape=shape, stride=_contiguous(shape))
+        return rows(fn(local, "none"))
     part = fn(local, "sum")
     return DTensor.from_local(_batch_total(part, local, target, weight, opts, ax, mesh), mesh, [Replicate()])
+
+
+def _local_sum(opts: v.Options) -> v.Options:
+    """The local evaluation of a batch shard with the language-model options: ``"sum"``
+    (``"none"`` stays) with the statistics, whose count is the "mean" denominator (the
+    shift's padded positions and ignored ones left out)."""
+    return replace(opts, reduction="none" if opts.reduction == "none" else "sum", return_aux=True)
+
+
+def _batch_llm(out: Any, opts: v.Options, mesh: Any, rows: Callable[[Tensor], Any]) -> Any:
+    """z-loss, shift and the statistics on a batch shard: each rank's positions are whole
+    rows, so the local loss is exact and one SUM of (loss, z-term, hits, count) makes the
+    global "sum"; without class weights the "mean" of both the cross-entropy and the
+    z-term is that sum over the global count. The other ranks' part enters as a constant,
+    so each rank's gradient stays its own."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    loss, aux = out
+
+    def rep(a: Tensor) -> Any:
+        return DTensor.from_local(a, mesh, [Replicate()], run_check=False)
+
+    dt = loss.dtype
+    if opts.reduction == "none":  # (the positions' own values; only the count is summed)
+        if not opts.return_aux:
+            return rows(loss)
+        count = aux.count.to(dt).reshape(1)
+        dist.all_reduce(count, group=mesh.get_group())
+        n = rep(count[0].to(aux.count.dtype))
+        return rows(loss), type(aux)(rows(aux.lse), rows(aux.z_loss), rows(aux.accuracy), n)
+    both = torch.stack([loss.detach(), aux.z_loss.to(dt), aux.accuracy.to(dt), aux.count.to(dt)])
+    dist.all_reduce(both, group=mesh.get_group())
+    total, z, hits, n = loss + (both[0] - loss.detach()), both[1], both[2], both[3]
+    if opts.reduction == "mean":  # (0 / 0 = NaN where no position counts, as unsharded)
+        total, z, hits = total / n, z / n, hits / n
+    if not opts.return_aux:
+        return rep(total)
+    return rep(total), type(aux)(rows(aux.lse), rep(z), rep(hits), rep(n.to(aux.count.dtype)))
 
 
 def _batch_total(
@@ -207,16 +255,22 @@ def _contiguous(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _refuse_llm_options(opts: v.Options, where: str) -> None:
-    """z-loss, the shift and the statistics where they are not implemented (softcapping,
-    elementwise, is everywhere)."""
-    for name in ("z_loss", "shift", "return_aux"):
-        value = getattr(opts, name, None)
-        if value not in (None, 0, 0.0, False):
-            raise NotImplementedError(
-                f"{name}={value!r} is not supported for {where}; shard the logits on the class "
-                "axis (Shard(class_axis)) or replicate them, or leave it at its default"
-            )
+def _refuse_batch_sharded(opts: v.Options, weight: Any, d: int, ndim: int) -> None:
+    """What a batch shard with the language-model options cannot give from its own rows:
+    the "mean" with class weights (the loss's denominator is the total weight, the
+    z-loss's the count: two scales of one local gradient), and a shift along the sharded
+    positions."""
+    llm = [n for n in ("z_loss", "shift", "return_aux") if getattr(opts, n) not in (0, 0.0, False)]
+    if llm and weight is not None and opts.reduction == "mean":
+        raise NotImplementedError(
+            f"{llm[0]} with class weights and reduction='mean' is not supported for batch-sharded "
+            "DTensor logits; shard the logits on the class axis (Shard(class_axis)) or replicate them"
+        )
+    if opts.shift and (d == ndim - 2 or ndim < 3):  # (a shift needs the classes last)
+        raise NotImplementedError(
+            f"shift={opts.shift} moves along the sharded axis {d} of the DTensor logits; shard "
+            "them on the batch axis of (batch, time, classes) logits, or on the class axis"
+        )
 
 
 def dtensor_linear_loss(
