@@ -23,6 +23,7 @@ from array_api_compat import (
     is_array_api_strict_namespace,
     is_cupy_array,
     is_jax_array,
+    is_jax_namespace,
     is_lazy_array,
     is_numpy_namespace,
     is_torch_array,
@@ -232,7 +233,10 @@ def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
 
 
 def index_dtype(xp: ModuleType, device: Any) -> Any:
-    """The library's default index dtype on ``device`` (``xpx.default_dtype``)."""
+    """The library's default index dtype on ``device`` (``xpx.default_dtype``); JAX's is
+    asked every time (it follows ``jax_enable_x64``, which a program may switch)."""
+    if is_jax_namespace(xp):
+        return xpx.default_dtype(xp, "indexing", device=device)
     return memo(("index", xp, device), lambda: xpx.default_dtype(xp, "indexing", device=device))
 
 

@@ -5,6 +5,9 @@ result or an error. (Timings are ``ls-xp bench``'s, not the tests'.)"""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -129,3 +132,31 @@ def test_the_cpu_plans_operations_per_call(monkeypatch):
     syncs = sum(e.name == "aten::_local_scalar_dense" for e in events)
     assert 15 < len(top) <= 47
     assert syncs <= 3
+
+
+def test_jax_index_dtype_follows_x64_switched_after_a_call():
+    """The remembered decisions leave out JAX's index dtype, which follows
+    ``jax_enable_x64``: switched off after a call with it on, no int64 is asked for (JAX
+    would warn and truncate). In a fresh process, so that the switch touches no other test."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    script = textwrap.dedent(
+        """
+        import warnings
+        import jax, jax.numpy as jnp, numpy as np, ls_xp
+        warnings.simplefilter("error")
+        x, y = np.random.default_rng(0).standard_normal((8, 5)), np.arange(8) % 5
+        def step():
+            return jax.jit(jax.value_and_grad(lambda a: ls_xp.cross_entropy(a, jnp.asarray(y), 0.1)))
+
+        jax.config.update("jax_enable_x64", True)
+        step()(jnp.asarray(x))
+        jax.config.update("jax_enable_x64", False)
+        step()(jnp.asarray(x, dtype=jnp.float32))
+        ls_xp.cross_entropy(jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y), 0.1)
+        print("OK")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
