@@ -111,5 +111,9 @@ def put_per_row(
     if inplace:
         g[at] = g[at] + values if add else values
         return g
-    pos = xpx.at(g, at)  # a copy, written there
-    return pos.add(values, copy=True, xp=xp) if add else pos.set(values, copy=True, xp=xp)
+    # a copy, written there: made by arithmetic, which keeps an autodiff graph (the copy of
+    # xpx.at, asarray(copy=True), warns on a PyTorch tensor that requires grad); * 1.0
+    # keeps every value as it is, -0.0 and NaN included
+    out = g * 1.0
+    out[at] = out[at] + values if add else values
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -368,3 +369,16 @@ def test_jax_gradient_into_soft_targets_and_weights(jax):
         return -jnp.sum(jnp.reshape(wv, (1, -1) + (1,) * (x.ndim - 2)) * q * lp) / (x.size // x.shape[1])
 
     np.testing.assert_allclose(np.asarray(gw), np.asarray(jax.grad(plain_w)(w)), rtol=1e-12)
+
+
+def test_double_backward_emits_no_warning():
+    """The differentiable recomputation copies by arithmetic, not through torch.asarray,
+    which warns on a tensor that requires grad."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = ls_xp.cross_entropy(x, torch.tensor([0, 3, 1, 2, 3]), 0.1)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), x)
+    assert torch.isfinite(h).all()
