@@ -92,7 +92,12 @@ def device_of(x: Any) -> Any:
     if what == "torch":
         return x.device
     dev = get_device(x)
-    return None if len(getattr(dev, "device_set", ())) > 1 else dev
+    return None if spans_devices(dev) else dev
+
+
+def spans_devices(dev: Any) -> bool:
+    """Whether the device ``dev`` (of an array) is a JAX sharding over several devices."""
+    return len(getattr(dev, "device_set", ())) > 1
 
 
 def plan(x: Any) -> str:

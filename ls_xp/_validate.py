@@ -129,7 +129,10 @@ def same_namespace(xp: ModuleType, device: Any, value: Any, name: str, like: str
                 f"convert {name} to a {_library_of(xp)} array"
             )
         dev = get_device(value)
-        if device is not None and dev is not None and dev != device and not _spans_devices(dev, device):
+        # a JAX sharding over several devices leaves placement to JAX (a replicated target
+        # beside class-sharded logits is the usual layout; jit or an eager op reshards)
+        spans = _plan.spans_devices(dev) or _plan.spans_devices(device)
+        if device is not None and dev is not None and dev != device and not spans:
             raise ValueError(
                 f"{name} is on device {dev!r} but {like} is on device {device!r}; "
                 f"move {name} to {device!r} first"
@@ -139,13 +142,6 @@ def same_namespace(xp: ModuleType, device: Any, value: Any, name: str, like: str
         return xp.asarray(value, device=device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name} could not be converted to an array like {like}: {value!r}") from exc
-
-
-def _spans_devices(*devices: Any) -> bool:
-    """Whether one of ``devices`` is a JAX sharding over several devices: then placement is
-    JAX's (a replicated target beside class-sharded logits is the usual layout, and ``jit``
-    or an eager op reshards as the shardings ask), not a mismatch to refuse."""
-    return any(len(getattr(d, "device_set", ())) > 1 for d in devices)
 
 
 def inputs_like(xp: ModuleType, device: Any, target: Any, weight: Any, where: Any) -> tuple[Any, Any, Any]:
