@@ -320,7 +320,7 @@ def _index_rows(
             value = v.first_value(xp, y, valid & ~ok)
             raise ValueError(f"target class {value} is masked out by where")
     w_y = None if w is None else take_class(xp, w, safe)
-    total, nonzero, factor = row_factors(xp, opts.reduction, valid, ok, ignored, w_y, dt)
+    total, nonzero, factor = row_factors(xp, opts.reduction, valid, ok, ignored, w_y, dt, device_of(x))
     # the z-loss and the accuracy count rows, not their weights: 1 / the number of counted
     # rows for "mean" (Liger-Kernel's z-loss); without weights that is the same factor
     factor_z: Array | None = factor

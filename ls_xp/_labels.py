@@ -13,7 +13,6 @@ from typing import Any
 from ls_xp import _plan
 from ls_xp import _validate as v
 from ls_xp._numeric import safe_divide
-from ls_xp._plan import device_of
 
 Array = Any
 
@@ -98,11 +97,14 @@ def row_factors(
     ignored: bool | None,
     w_y: Array | None,
     dt: Any,
+    dev: Any,
 ) -> tuple[float | Array, Array | None, Array]:
     """The "mean" denominator, whether it is nonzero (an array, for "mean"), and each row's
     factor: 1 (1 / the total weight for "mean") where it counts, 0 where it is ignored,
-    NaN where its class index is bad (``ok`` None: none is)."""
-    n, dev = valid.shape[0], device_of(valid)
+    NaN where its class index is bad (``ok`` None: none is). New arrays are made on
+    ``dev``, the logits' (:func:`ls_xp._plan.device_of`): the labels may be placed
+    otherwise (one device beside sharded logits)."""
+    n = valid.shape[0]
     if ignored is False and ok is None and w_y is None and 0 < n <= _EXACT_COUNT:
         # every row counts, with weight 1: the general case below, bit for bit, in two
         # operations instead of six (the denominator is n, its reciprocal rounded once)

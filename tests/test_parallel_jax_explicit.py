@@ -42,17 +42,17 @@ SCRIPT = textwrap.dedent(
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
-    def run(name, kw, soft=False, f32=False):
+    def run(name, kw, soft=False, f32=False, labels=Y):
         dt = jnp.float32 if f32 else jnp.float64
         ref_kw = {k: (np.asarray(v) if k in ("weight", "where") else v) for k, v in kw.items()}
-        y_np = T if soft else Y
+        y_np = T if soft else labels
         ref = ls_xp.loss_and_grad(X.astype(np.float64), y_np, 0.1, **ref_kw)
         red = kw.get("reduction", "mean")
         up = np.linspace(0.5, 1.5, N)
         with jax.set_mesh(mesh):
             put = lambda a, spec: jax.device_put(jnp.asarray(a), NamedSharding(mesh, spec))
             x = put(X.astype(dt), P(None, "c"))
-            y = put(T.astype(dt), P(None, "c")) if soft else jnp.asarray(Y)
+            y = put(T.astype(dt), P(None, "c")) if soft else jnp.asarray(labels)
             args = dict(kw)
             if "weight" in kw:
                 args["weight"] = put(np.asarray(kw["weight"], dt), P("c"))
@@ -86,6 +86,7 @@ SCRIPT = textwrap.dedent(
                 out["cases"].append(dict(name=name, how=how, err=err, spec=spec, f32=f32))
 
     run("plain", {})
+    run("every row counted", {}, labels=np.abs(Y) % K)  # (the row factors made at once)
     run("others, sum", {"convention": "others", "reduction": "sum"})
     run("none", {"reduction": "none"})
     run("sharded weight", {"weight": W})
@@ -94,6 +95,13 @@ SCRIPT = textwrap.dedent(
     run("probabilities", {}, soft=True)
     run("llm options", {"z_loss": 1e-2, "softcap": 4.0, "weight": W})
     run("float32", {"weight": W}, f32=True)
+    # outside the mesh's context: class-sharded logits, labels on one device (every row
+    # counted, the row factors made at once), eagerly, as a data loader hands them over
+    y_all = np.abs(Y) % K
+    x = jax.device_put(jnp.asarray(X), NamedSharding(mesh, P(None, "c")))
+    want = ls_xp.loss_and_grad(X, y_all, 0.1)
+    got = ls_xp.loss_and_grad(x, jnp.asarray(y_all), 0.1)
+    out["outside"] = max(rel(got[0], want[0]), rel(got[1], want[1]))
     print("RESULT" + json.dumps(out))
     """
 )
@@ -120,3 +128,7 @@ def test_explicit_mesh_equals_the_unsharded_loss_and_gradient(findings):
 def test_explicit_mesh_gradient_keeps_the_class_sharding(findings):
     specs = {c["spec"] for c in findings["cases"] if c["spec"] is not None}
     assert specs == {"P(None, 'c')"}, specs
+
+
+def test_labels_on_one_device_beside_class_sharded_logits(findings):
+    assert findings["outside"] <= 1e-12, findings["outside"]
