@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
-from array_api_compat import is_writeable_array
+from array_api_compat import is_torch_namespace, is_writeable_array
 
 from ls_xp import _math, _plan
 from ls_xp import _validate as v
@@ -51,6 +51,12 @@ class Request:
     # a scale of the z-loss terms' factors: the fused loss evaluates blocks as sums and divides
     # by the weighted "mean" denominator at the end, so its z-terms come scaled by total / count
     z_scale: float | Array = 1.0
+    # the incoming gradient of the losses (the shape of the "none" losses, or 0-d), which
+    # the logits' gradient is multiplied by (only the logits' gradient is then wanted): it
+    # is folded into the row factors, so that a compiler sees it enter the gradient at the
+    # first operation over the classes, and saves the logits and per-row statistics for
+    # the backward pass rather than a finished N x K gradient (:mod:`ls_xp.torch._traced`)
+    grad_scale: Array | None = None
 
 
 class Aux(NamedTuple):
@@ -137,6 +143,11 @@ def evaluate(
         logits, target, where = shifted.logits, shifted.target, shifted.where
 
     rows = _rows(xp, sp, logits, target, weight, where, ax, opts)
+    if req.grad_scale is not None:
+        scale = req.grad_scale
+        if shifted is not None and scale.ndim:
+            scale = shifted.per_row(xp, scale)
+        rows = _scaled(xp, rows, scale, sp.dtype)
     br = rows.block
     # ignored rows may hold non-finite logits: their logits are replaced in every block
     # (where the label check found whether there are any, it is not asked again)
@@ -153,6 +164,16 @@ def evaluate(
     out = blocks(xp, sp, rows, _plan.block_rows(br.x, opts.chunk_size, plan), grad_buf)
     res = _assemble(xp, out, rows, logits, target, ax, opts, req)
     return res if shifted is None else shifted.restore(xp, res, opts)
+
+
+def _scaled(xp: ModuleType, rows: _Rows, scale: Array, dt: Any) -> _Rows:
+    """The row factors times the incoming gradient ``scale`` (one per row, or 0-d)."""
+    s = xp.reshape(astype(xp, scale, dt), (-1, 1) if scale.ndim else ())
+    br = rows.block
+    fz = br.factor_z
+    factor = br.factor * s
+    block = br._replace(factor=factor, factor_z=factor if fz is br.factor else None if fz is None else fz * s)
+    return _Rows(block, rows.classes, rows.total_weight, rows.nonzero, rows.count, rows.ignored)
 
 
 def _assemble(
@@ -387,6 +408,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
             column if sp.want_aux else None, column if sp.want_aux else None,
         )  # fmt: skip
     dense = not (scatters_in_place(xp) and _plan.is_concrete(br.x))
+    gathers = dense and is_torch_namespace(xp)
     rows = _row_column(xp, min(step, n_rows), dev)
     classes = rw.classes
     if dense and classes is None:
@@ -410,7 +432,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
             part = part._replace(
                 x=astype(xp, part.x, dt), t=None if part.t is None else astype(xp, part.t, dt)
             )
-        picks = Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense)
+        picks = Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense, gathers)
         b = _math.block(xp, sp, part, picks)
         if not fill:
             return b, None

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from ls_xp._numeric import astype, is_zero, log_plus_one, weighted, xlogx
-from ls_xp._picks import Picks, at, put_per_row, take_class, take_per_row
+from ls_xp._numeric import is_zero, log_plus_one, weighted, xlogx
+from ls_xp._picks import Picks, at, first_max, put_per_row, take_class, take_per_row
 from ls_xp._plan import device_of
 
 Array = Any
@@ -89,12 +89,11 @@ def _log_softmax_parts(
     (n, 1) columns.
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
-    if pk.dense:  # the first maximum without argmax, which compiles poorly (XLA on CPU)
+    if pk.dense:  # (first_max: the last column in a row of NaNs)
         x_max = xp.max(xm, axis=-1, keepdims=True)
-        last = xm.shape[-1] - 1  # also where a NaN row points
-        top = xp.min(xp.where(xm == x_max, pk.classes, last), axis=-1, keepdims=True)
+        top = first_max(xp, xm, pk, x_max)
     else:  # (some devices lack int64: the indices take the dtype of rows)
-        top = astype(xp, xp.argmax(xm, axis=-1, keepdims=True), pk.rows.dtype)
+        top = first_max(xp, xm, pk)
         x_max = take_per_row(xp, xm, pk, top)
     z = xm - x_max
     top_at = at(pk, top)
@@ -210,7 +209,7 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     # 3. the cross-entropy rows and their gradient
     if t is not None:
         out = _soft_block(xp, sp, ls, rows._replace(m=m), cw, k_n, pk, z_coef)
-        target = _first_max(xp, t if m is None else xp.where(m, t, -math.inf), pk) if sp.want_aux else None
+        target = first_max(xp, t if m is None else xp.where(m, t, -math.inf), pk) if sp.want_aux else None
     else:
         assert y is not None
         c = _index_coefficients(xp, sp, k_n, s_w, w_y, cw is not None)
@@ -241,14 +240,6 @@ def _softcap_chain(xp: ModuleType, g: Array, capped: Array, softcap: float, *, i
     capped *= g
     g -= capped
     return g
-
-
-def _first_max(xp: ModuleType, a: Array, pk: Picks) -> Array:
-    """The column of each row's first maximum, (n, 1) (a probability target's class)."""
-    if pk.dense:
-        a_max = xp.max(a, axis=-1, keepdims=True)
-        return xp.min(xp.where(a == a_max, pk.classes, a.shape[-1] - 1), axis=-1, keepdims=True)
-    return astype(xp, xp.argmax(a, axis=-1, keepdims=True), pk.rows.dtype)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any
 import array_api_extra as xpx
 from array_api_compat import is_writeable_array
 
+from ls_xp._numeric import astype
+
 Array = Any
 
 
@@ -53,11 +55,38 @@ class Picks:
     rows: Array  # (n, 1)
     classes: Array | None  # arange(K), for the dense picks
     dense: bool
+    # dense picks that still read by the index pair: PyTorch under its compiler, which
+    # lowers the gather to one load per row where a masked sum is a comparison per entry
+    gathers: bool = False
 
 
 def at(pk: Picks, cols: Array) -> Any:
     """Where the entries [i, cols[i]] lie: an index pair, or a boolean (n, K) mask."""
     return pk.classes == cols if pk.dense else (pk.rows, cols)
+
+
+def first_max(xp: ModuleType, a: Array, pk: Picks, a_max: Array | None = None) -> Array:
+    """The column of each row's first maximum, an (n, 1) column (``a_max``: the row
+    maxima, where the caller has them).
+
+    Eager arrays take ``argmax``. The dense picks write it as K - 1 - max(K - 1 - c) over
+    the columns c that hold the maximum (the last column in a row without one, a row of
+    NaNs): ``argmax`` compiles poorly (XLA on a CPU), and a maximum rather than a minimum
+    is what PyTorch's partitioner recomputes freely; across a minimum it saves the
+    backward's N x K operands from the forward pass instead of the logits.
+    """
+    if not pk.dense:
+        return astype(xp, xp.argmax(a, axis=-1, keepdims=True), pk.rows.dtype)
+    assert pk.classes is not None
+    if a_max is None:
+        a_max = xp.max(a, axis=-1, keepdims=True)
+    last = a.shape[-1] - 1
+    rev = last - pk.classes
+    # in the floating dtype of the row where it holds every column exactly: a maximum of
+    # floats is a vector instruction, one of 64-bit integers is not (AVX2)
+    exact = isinstance(last, int) and last < 2**24 and a.dtype in (xp.float32, xp.float64)
+    hit = xp.max(xp.where(a == a_max, xp.astype(rev, a.dtype) if exact else rev, 0), axis=-1, keepdims=True)
+    return last - (xp.astype(hit, pk.classes.dtype) if exact else hit)
 
 
 def take_per_row(xp: ModuleType, a: Array, pk: Picks, cols: Array) -> Array:
@@ -69,7 +98,7 @@ def take_per_row(xp: ModuleType, a: Array, pk: Picks, cols: Array) -> Array:
     fused by a compiler into the pass that reads the row anyway, and chunk-local on Dask,
     where a gather from the flattened array would re-chunk it.
     """
-    if not pk.dense:
+    if not pk.dense or pk.gathers:
         return a[pk.rows, cols]
     return xp.sum(xp.where(pk.classes == cols, a, 0.0), axis=-1, keepdims=True)
 

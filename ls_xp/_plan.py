@@ -233,7 +233,14 @@ def isdtype(xp: ModuleType, dtype: Any, kinds: str | tuple[str, ...]) -> bool:
 
 
 def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
-    """The dtype the formulas compute in: float32 at least (float16/bfloat16 in float32)."""
+    """The dtype the formulas compute in: float32 at least (float16/bfloat16 in float32).
+
+    The usual dtypes are compared, not promoted: a compiler traces a comparison of dtypes,
+    while ``result_type`` (``torch.promote_types``) stops dynamo."""
+    if dtype in (xp.float64, xp.float32):
+        return dtype
+    if any(dtype == getattr(xp, name, None) for name in ("float16", "bfloat16")):
+        return xp.float32
     return memo(("compute", xp, dtype), lambda: xp.result_type(dtype, xp.float32))
 
 

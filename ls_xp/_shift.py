@@ -66,6 +66,15 @@ class Shift(NamedTuple):
 
         return scored(res, self.shift, opts.reduction == "none")
 
+    def per_row(self, xp: ModuleType, a: Array) -> Array:
+        """Per-position values over the scored positions (the ``"none"`` losses' shape) as
+        the evaluated rows see them: class indices score every position, the last
+        ``shift`` ignored, which get 0."""
+        if self.soft:
+            return a
+        zeros = xp.zeros((*a.shape[:-1], self.shift), dtype=a.dtype, device=device_of(a))
+        return xp.concat([a, zeros], axis=-1)
+
     def _pad(self, xp: ModuleType, g: Array | None, front: bool) -> Array | None:
         if g is None:
             return None

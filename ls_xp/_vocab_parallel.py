@@ -41,7 +41,7 @@ from ls_xp import _vocab_parallel_llm as llm
 from ls_xp._evaluate import as_rows, class_indices, total_weight
 from ls_xp._math import smoothing_coefficients
 from ls_xp._numeric import astype, safe_divide, weighted, xlogx
-from ls_xp._picks import Picks, at, put_per_row, take_class, take_per_row
+from ls_xp._picks import Picks, at, first_max, put_per_row, take_class, take_per_row
 
 Array = Any
 
@@ -189,7 +189,7 @@ def local_block(xp: ModuleType, st: Setting, rows: Rows, pk: Picks) -> tuple[Loc
         z = x if m is None else xp.where(m, x, 0.0)
     else:
         m_r = xp.max(xm, axis=-1, keepdims=True)  # -inf where every local class is masked
-        top = _first_max(xp, xm, m_r, pk)
+        top = first_max(xp, xm, pk, m_r)
         z = _shifted(xp, rows, xm, m_r)
     ours = not pk.dense and (z is not x or rows.owned)
     extra: dict[str, Array] = {}
@@ -252,15 +252,6 @@ def _index_local(
             put_per_row(xp, z, y_at, z_y, add=False, inplace=True)  # z_y back (e needs it)
         sw_shift = _sum_prime_weight(xp, st, rows, cw, pk)
     return Local(m_r, top, None, zy_r, zs_r, sw_shift, None, None, extra)
-
-
-def _first_max(xp: ModuleType, xm: Array, m_r: Array, pk: Picks) -> Array:
-    """The first column of each row's maximum, an (n, 1) column."""
-    if pk.dense:
-        assert pk.classes is not None
-        last = xm.shape[-1] - 1
-        return xp.min(xp.where(xm == m_r, pk.classes, last), axis=-1, keepdims=True)
-    return astype(xp, xp.argmax(xm, axis=-1, keepdims=True), pk.rows.dtype)
 
 
 def _zero_at(xp: ModuleType, z: Array, y_at: Any, own: Array, inplace: bool) -> Array:

@@ -28,7 +28,7 @@ import array_api_extra as xpx
 
 from ls_xp._evaluate import Aux
 from ls_xp._numeric import astype, safe_divide
-from ls_xp._picks import Picks
+from ls_xp._picks import Picks, first_max
 from ls_xp._plan import device_of
 
 Array = Any
@@ -68,14 +68,6 @@ def z_coefficient(st: Any, glob: Any) -> Array | float:
     return (2.0 * st.z_loss) * glob.lse * glob.factor_z
 
 
-def _first_max(xp: ModuleType, a: Array, pk: Picks) -> Array:
-    if pk.dense:
-        assert pk.classes is not None
-        a_max = xp.max(a, axis=-1, keepdims=True)
-        return xp.min(xp.where(a == a_max, pk.classes, a.shape[-1] - 1), axis=-1, keepdims=True)
-    return astype(xp, xp.argmax(a, axis=-1, keepdims=True), pk.rows.dtype)
-
-
 def accuracy_local(xp: ModuleType, st: Any, rows: Any, top: Array, pk: Picks) -> tuple[Array, Array | None]:
     """The rank's part of the accuracy column (see the module docstring), before M is
     known: class indices 1 (owner, y is its first maximum) or 2 (a rank before the
@@ -84,7 +76,7 @@ def accuracy_local(xp: ModuleType, st: Any, rows: Any, top: Array, pk: Picks) ->
     if st.soft:
         t = rows.t if rows.m is None else xp.where(rows.m, rows.t, -math.inf)
         t_max = xp.max(t, axis=-1, keepdims=True)
-        same = _first_max(xp, t, pk) == top
+        same = first_max(xp, t, pk) == top
         return xp.astype(same, st.dtype), t_max
     k = rows.x.shape[1]
     before = rows.valid & rows.ok & (rows.y - st.offset >= k)

@@ -100,3 +100,32 @@ def test_compiled_inference_reads_no_value():
     _, y = _data()
     explained = torch._dynamo.explain(_Inference())(torch.randn(32, 5), y)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+_FRESH = """
+import sys, warnings
+import torch, ls_xp
+x, y = torch.randn(6, 5, requires_grad=True), torch.tensor([0, 1, 2, 3, 4, 0])
+ls_xp.cross_entropy(x, y, 0.1).backward()
+print("dynamo imported by an eager call:", "torch._dynamo" in sys.modules)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    f = torch.compile(lambda a, b: ls_xp.cross_entropy(a, b, 0.1), backend="aot_eager", fullgraph=True)
+    f(x, y).backward()
+print("warnings:", [str(w.message)[:80] for w in caught])
+"""
+
+
+def test_eager_use_does_not_import_dynamo_and_a_later_compile_does_not_warn():
+    """In a fresh interpreter: an eager loss and backward leave ``torch._dynamo`` (some
+    70 MiB and a second of imports) unimported; a compile afterwards (dynamo imported then)
+    traces array-api-compat's cached helpers without a warning."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "dynamo imported by an eager call: False" in out.stdout
+    assert "warnings: []" in out.stdout, out.stdout

@@ -194,3 +194,69 @@ def test_export_reproduces_eager_on_new_shapes(module, case):
     for rows in (5, 21):
         a, b = inputs(rows)
         torch.testing.assert_close(program.module()(a, b), model(a, b))
+
+
+STEP_CASES = [
+    pytest.param({}, id="mean"),
+    pytest.param({"ignore_index": 3}, id="ignore_index"),
+    pytest.param({"reduction": "none"}, id="none"),
+    pytest.param({"convention": "others", "reduction": "sum"}, id="others-sum"),
+    pytest.param({"weight": True}, id="weight"),
+    pytest.param({"z_loss": 1e-4}, id="z_loss"),
+    pytest.param({"bfloat16": True}, id="bfloat16"),
+]
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_the_compiled_step_keeps_the_logits_not_the_gradient(case):
+    """What Inductor generates for Linear -> loss, forward and backward (C++ on this CPU;
+    its scheduler fuses the same way for Triton): the forward's one N x K buffer is the
+    logits, saved with per-row statistics; the backward allocates none, writing the
+    gradient in the saved logits' buffer, as native cross_entropy's does. The loops over
+    a row's classes are the passes over N x K memory: three reads in the forward (the
+    maximum; the first maximum; the exponentials' sum with the other terms), one read and
+    write in the backward, four in all (native: five)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    n, d, k = 64, 16, 512
+    g = torch.Generator().manual_seed(6)
+    dtype = torch.bfloat16 if case.get("bfloat16") else torch.float32
+    lin = torch.nn.Linear(d, k, bias=False).to(dtype)
+    x, y = torch.randn(n, d, generator=g, dtype=dtype), torch.randint(0, k, (n,), generator=g)
+    kw = {key: v for key, v in case.items() if key not in ("weight", "bfloat16")}
+    if case.get("weight"):
+        kw["weight"] = torch.rand(k, generator=g) + 0.1
+    if "ignore_index" in kw:
+        y[::5] = kw["ignore_index"]
+
+    def step(a, b):
+        out = ls_xp.cross_entropy(lin(a), b, 0.1, **kw)
+        return out.sum() if out.ndim else out
+
+    def run():
+        lin.zero_grad()
+        loss = compiled(x, y)
+        loss.backward()
+        return loss
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    with torch._inductor.config.patch(fx_graph_cache=False):  # (generated, not loaded)
+        loss, (forward, backward) = run_and_get_code(run)
+    logits = rf"empty_strided_cpu\(\({n}, {k}\)"
+    assert len(re.findall(logits, forward)) == 1  # the logits
+    assert len(re.findall(logits, backward)) == 0  # the gradient: in the saved logits' buffer
+    passes = [
+        code.count(f"for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>({k}L)")
+        for code in (forward, backward)
+    ]
+    assert passes[0] <= 3 and passes[1] <= 1, passes
+    want_grad = lin.weight.grad.clone()
+    lin.zero_grad()
+    want = step(x, y)
+    want.backward()
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(loss, want, **tol)
+    torch.testing.assert_close(want_grad, lin.weight.grad, **tol)

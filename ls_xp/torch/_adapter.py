@@ -19,10 +19,11 @@ import torch
 from ls_xp import _linear, _plan, _validate
 from ls_xp._adapters import Adapter
 from ls_xp._validate import Options
+from ls_xp.torch import _fused
 from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_grad, requires_grad
 from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
 from ls_xp.torch._dtensor import is_dtensor
-from ls_xp.torch._ops import compiled_linear_loss, compiled_loss
+from ls_xp.torch._ops import compiled_linear_loss
 from ls_xp.torch._traced import traced_loss
 
 Tensor = torch.Tensor
@@ -78,13 +79,16 @@ class TorchAdapter(Adapter):
             grad_mode and soft and target.requires_grad,
             grad_mode and isinstance(smoothing, torch.Tensor) and smoothing.requires_grad,
         )
-        if torch.compiler.is_compiling():
-            # half-precision logits keep the operator: dynamo cannot trace the dtype promotion
-            # (result_type) inside an autograd.Function
-            fn = compiled_loss if logits.dtype in _HALF else traced_loss
-            return fn(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
+        if torch.compiler.is_compiling():  # the compiler traces the formula (every dtype)
+            return traced_loss(logits, target, weight, where, smoothing, opts, kl, needs, float_loss)
         plan = _plan.plan(logits)
         opts = blocked(logits, opts, plan)
+        if needs == (True, False, False) and plan == "accelerator" and _fused.wanted(logits):
+            # the fused block of a training step: the traced loss, compiled with its backward
+            args = (logits, target, weight, where, smoothing, opts, kl, float_loss)
+            out = _fused.fused_loss(traced_loss, *args)
+            if out is not None:
+                return out
         if needs[0] or needs[1] or needs[2]:
             key = (kl, *needs, float_loss)
             req = _REQUESTS[key]

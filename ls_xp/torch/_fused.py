@@ -47,7 +47,7 @@ BACKEND: Any = "inductor"
 MAX_LAYOUTS = 64
 
 _Key = tuple[Any, ...]
-_COMPILED: dict[_Key, Callable[..., Result]] = {}
+_COMPILED: dict[_Key, Callable[..., Any]] = {}
 _FAILED: set[_Key] = set()
 _BROKEN: set[str] = set()  # device types whose compiler failed: no further attempt
 _warned: list[bool] = [False]
@@ -87,27 +87,32 @@ def wanted(logits: Tensor) -> bool:
 
 
 def _usable(
-    logits: Any, target: Any, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
+    logits: Any, target: Any, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request | None
 ) -> bool:
-    """What the fused block computes exactly as the eager one does: concrete tensors
-    outside autograd (the eager Functions call it with grad mode off), no value checks
-    asked for (``check_values=True`` reads values back, which compiled code does not),
-    and a freshly written gradient (``overwrite_logits`` writes it into the logits).
-    Anything the eager core would refuse (a bad axis, a bad smoothing) it refuses."""
+    """What the fused block computes exactly as the eager one does: concrete tensors, no
+    value checks asked for (``check_values=True`` reads values back, which compiled code
+    does not), and a freshly written gradient (``overwrite_logits`` writes it into the
+    logits). ``req`` None is the training step: logits that require grad and nothing else
+    that does; otherwise the evaluation outside autograd (the eager Functions call it with
+    grad mode off). Anything the eager core would refuse (a bad axis, a bad smoothing) it
+    refuses."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor) or logits.ndim < 1:
         return False
     fits = (
         -logits.ndim <= opts.axis < logits.ndim
         and (isinstance(smoothing, torch.Tensor) or _plain_smoothing(smoothing))
-        and not (opts.check_values or (opts.overwrite_logits and req.grad))
-        and isinstance(req.z_scale, float)
+        and not (opts.check_values or (opts.overwrite_logits and (req is None or req.grad)))
+        and (req is None or isinstance(req.z_scale, float))
     )
     if not fits or torch._C._are_functorch_transforms_active() or logits.device.type in _BROKEN:
         return False
-    tensors = (logits, target, weight, where, smoothing)
-    if torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors):
-        return False  # a differentiable recomputation (create_graph): eager, joining the graph
-    return not (logits.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    others = (target, weight, where, smoothing)
+    grads = torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in others)
+    if req is None:  # (the logits' gradient alone: the eager Function computes the others)
+        fits = torch.is_grad_enabled() and logits.requires_grad and not grads and not opts.return_aux
+    else:  # a differentiable recomputation (create_graph): eager, joining the graph
+        fits = not (grads or (torch.is_grad_enabled() and logits.requires_grad))
+    return fits and not (logits.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def _plain_smoothing(smoothing: Any) -> bool:
@@ -116,7 +121,7 @@ def _plain_smoothing(smoothing: Any) -> bool:
 
 
 def _key(
-    logits: Tensor, target: Tensor, weight: Any, where: Any, smoothing: Any, opts: Options, req: Request
+    logits: Tensor, target: Tensor, weight: Any, where: Any, smoothing: Any, opts: Options, req: Any
 ) -> _Key:
     def spec(t: Any) -> Any:
         if isinstance(t, torch.Tensor):
@@ -128,7 +133,7 @@ def _key(
     return (logits.device, classes, *inputs, opts, req)  # (the device: the smoothing tensor's)
 
 
-def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
+def _compiled(key: _Key, fn: Callable[..., Any]) -> Callable[..., Any]:
     """A new compiled evaluation for one layout (its own code object, see the module).
 
     A smoothing of exactly 0 stays the number 0: the core drops the smoothing terms for
@@ -137,9 +142,9 @@ def _compiled(key: _Key, opts: Options, req: Request) -> Callable[..., Result]:
     takes a 0-d float64 tensor argument on the CPU for a number, guarded by reading it."""
     kind = key[-3]
 
-    def run(logits: Tensor, target: Tensor, smoothing: Any, weight: Any, where: Any) -> Result:
+    def run(logits: Tensor, target: Tensor, smoothing: Any, weight: Any, where: Any) -> Any:
         eps = 0.0 if kind == "zero" else smoothing.reshape(()) if kind == "number" else smoothing
-        return evaluate(logits, target, eps, weight, where, opts, req)
+        return fn(logits, target, eps, weight, where)
 
     # dynamo keeps what it learnt of a function's shapes under its code's name: one per layout
     name = "ls_xp_fused_" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
@@ -211,20 +216,66 @@ def fused(
         return None
     given, opts = opts, replace(opts, chunk_size=None, workers=None, check_values=False)
     key = _key(logits, target, weight, where, smoothing, opts, req)
-    if key in _FAILED or (key not in _COMPILED and len(_COMPILED) >= MAX_LAYOUTS):
-        return None
+
+    def block(x: Tensor, t: Tensor, eps: Any, w: Any, m: Any) -> Result:
+        return evaluate(x, t, eps, w, m, opts, req)
+
     try:
-        fn = _COMPILED.get(key)
-        if fn is None:
-            fn = _COMPILED[key] = _compiled(key, opts, req)
-        axis = opts.axis % logits.ndim
-        marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))
-        with _batch_dynamic(marks):
-            return fn(logits, target, _smoothing(key, smoothing, logits), weight, where)
+        return _call(key, block, logits, target, smoothing, weight, where, opts)
     except Exception as exc:  # noqa: BLE001 (the eager evaluation decides whether it was the inputs)
         eager = evaluate(logits, target, smoothing, weight, where, given, req)
         _give_up(key, logits, exc)  # the eager block computed it: the compiler failed
         return eager
+
+
+def fused_loss(
+    traced: Callable[..., Tensor],
+    logits: Any,
+    target: Any,
+    weight: Any,
+    where: Any,
+    smoothing: Any,
+    opts: Options,
+    kl: bool,
+    float_loss: bool,
+) -> Tensor | None:
+    """The loss of logits that require grad as one compiled training step, or None where
+    the eager Function runs instead.
+
+    ``traced`` is the loss as the user's own ``torch.compile`` traces it
+    (:func:`ls_xp.torch._traced.traced_loss`), compiled here with its backward, which
+    AOTAutograd partitions as it does a compiled model's: the forward reads the logits and
+    keeps per-row statistics, the backward reads them once more and writes the gradient,
+    and no gradient is held between the two."""
+    if not _usable(logits, target, weight, where, smoothing, opts, None):
+        return None
+    opts = replace(opts, chunk_size=None, workers=None, check_values=False)
+    key = ("step", *_key(logits, target, weight, where, smoothing, opts, (kl, float_loss)))
+
+    def step(x: Tensor, t: Tensor, eps: Any, w: Any, m: Any) -> Tensor:
+        return traced(x, t, w, m, eps, opts, kl, (True, False, False), float_loss)
+
+    try:
+        return _call(key, step, logits, target, smoothing, weight, where, opts)
+    except Exception as exc:  # noqa: BLE001 (the eager Function decides whether it was the inputs)
+        _give_up(key, logits, exc)
+        return None
+
+
+def _call(
+    key: _Key, fn: Callable[..., Any], logits: Tensor, target: Tensor, smoothing: Any, weight: Any,
+    where: Any, opts: Options,
+) -> Any:  # fmt: skip
+    """``fn`` compiled for this layout (once), called with the batch dimensions dynamic."""
+    if key in _FAILED or (key not in _COMPILED and len(_COMPILED) >= MAX_LAYOUTS):
+        return None
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = _compiled(key, fn)
+    axis = opts.axis % logits.ndim
+    marks = ((logits, axis), (target, axis if target.shape == logits.shape else None))
+    with _batch_dynamic(marks):
+        return compiled(logits, target, _smoothing(key, smoothing, logits), weight, where)
 
 
 def _give_up(key: _Key, logits: Tensor, exc: Exception) -> None:

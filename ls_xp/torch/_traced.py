@@ -8,7 +8,14 @@ analytic backward is an ``autograd.Function`` that dynamo traces too.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
+import sys
+import types
+from collections.abc import Callable
 from dataclasses import replace
+from importlib.machinery import ModuleSpec
 from typing import Any
 
 import torch
@@ -39,7 +46,39 @@ def _allow_array_api_compat_caches() -> None:
             allow_lru_cache_wrapper_trace_without_warning(obj)
 
 
-_allow_array_api_compat_caches()
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``then`` once the module ``name`` has been imported, and is gone (a post-import
+    hook): the finder removes itself at the import and wraps the loader the other finders
+    return for it."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = None if spec is None else spec.loader
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run, then = loader.exec_module, self.then
+
+        def exec_module(module: types.ModuleType) -> None:
+            run(module)
+            then()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]  # (its own loader)
+        return spec
+
+
+# Dynamo is imported by the first torch.compile, not here: importing it costs an eager
+# program some 70 MiB and a second; the helpers are registered when it is imported
+if "torch._dynamo.utils" in sys.modules:
+    _allow_array_api_compat_caches()
+else:
+    sys.meta_path.insert(0, _AfterImport("torch._dynamo.utils", _allow_array_api_compat_caches))
 
 
 def _traced_options(opts: Options) -> Options:
@@ -122,11 +161,15 @@ class _TracedRecomputeCE(torch.autograd.Function):
         grad_out = grad_outputs[0]
         logits, target, weight, where = ctx.saved_tensors
         opts, req = ctx.opts, ctx.req
-        grad_req = Request(kl=req.kl, loss=False, grad=True, inplace=False)
+        # the incoming gradient enters as the rows' factor (not as a product with the
+        # finished gradient), so that no N x K array of the backward is free of it: the
+        # compiler's partitioner then saves the logits and per-row statistics rather than
+        # moving the whole gradient into the forward pass, where it and the logits would
+        # both be live, and writes the gradient in the logits' buffer
+        grad_req = Request(kl=req.kl, loss=False, grad=True, inplace=False, grad_scale=grad_out)
         grad = evaluate(logits, target, ctx.smoothing, weight, where, opts, grad_req).grad
         assert grad is not None
-        scale = broadcastable(grad_out, logits.ndim, opts.axis, opts.reduction, opts.shift)
-        return grad * scale.to(grad.dtype), None, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def traced_loss(
