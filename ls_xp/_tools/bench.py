@@ -143,12 +143,13 @@ def _worker(
 
 
 def available_implementations(
-    backends: list[str] | None = None, linear: bool = False, compiled: bool = False
-) -> list[tuple[str, str]]:
+    backends: list[str] | None = None, linear: bool = False, compiled: bool = False,
+    impls: list[str] | None = None,
+) -> list[tuple[str, str]]:  # fmt: skip
     table = COMPILED_IMPLEMENTATIONS if compiled else LINEAR_IMPLEMENTATIONS if linear else IMPLEMENTATIONS
     out = []
     for (backend, impl), module in table.items():
-        if backends and backend not in backends:
+        if (backends and backend not in backends) or (impls and impl not in impls):
             continue
         if importlib.util.find_spec(module) is not None and importlib.util.find_spec(backend) is not None:
             out.append((backend, impl))
@@ -215,13 +216,15 @@ def run_bench(
     dtype: str = "float32",
     device: str = "cpu",
     busy: bool = False,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Every implementation at every size, ``pairs`` times in alternation (ls_xp, peer, ...)."""
+    """Every implementation (of ``only``, if given) at every size, ``pairs`` times in
+    alternation (ls_xp, peer, ...)."""
 
     def impls(size: str) -> list[tuple[str, str]]:
         return [
             bi
-            for bi in available_implementations(backends, is_linear(size), is_compiled(size))
+            for bi in available_implementations(backends, is_linear(size), is_compiled(size), only)
             if not (bi[0] == "numpy" and (dtype, device) != ("float32", "cpu"))
         ]
 
@@ -265,7 +268,23 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-_OURS = ("ls_xp", "torch-compiled-ls_xp")  # the implementations the ratios divide
+# the implementations the ratios divide, and the peers each is divided by (None: every
+# implementation of the run that is not one of these)
+_OURS: dict[str, tuple[str, ...] | None] = {
+    "ls_xp": None,
+    "torch-compiled-ls_xp": None,
+    "ls_xp-eps0": ("native-linear-ce-chunked-eps0",),
+    "ls_xp-options": ("ls_xp", "unfused-ls_xp-options"),
+}
+# peers measured for one of ours only
+_PAIRED_ONLY = ("unfused-ls_xp-options",)
+
+
+def _is_peer(ours: str, peer: str) -> bool:
+    wanted = _OURS[ours]
+    if wanted is None:
+        return peer not in _OURS and peer not in _PAIRED_ONLY
+    return peer in wanted
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,7 +298,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if impl not in _OURS:
             continue
         for (b2, peer, s2), theirs in by_key.items():
-            if b2 != backend or s2 != size or peer in _OURS:
+            if b2 != backend or s2 != size or not _is_peer(impl, peer):
                 continue
             pairs = [
                 (a, b) for a, b in zip(ours, theirs, strict=False) if "error" not in a and "error" not in b
@@ -297,6 +316,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "backend": backend,
                     "size": size,
+                    "ours": impl,
                     "peer": peer,
                     "pairs": len(pairs),
                     "time_ratio": median_ratio("time_s"),
@@ -361,7 +381,8 @@ def format_report(report: dict[str, Any]) -> str:
                 else f"  device memory {q['device_memory_ratio']:.2f}x"
             )
             ops = "" if q.get("ops") is None else f"  ops {q['ops']:.0f} vs {q['peer_ops']:.0f}"
-            head = f"  {q['backend']:6s} {q['size']:12s} vs {q['peer']:14s}"
+            ours = "" if q.get("ours", "ls_xp") == "ls_xp" else f"{q['ours']} "
+            head = f"  {q['backend']:6s} {q['size']:12s} {ours}vs {q['peer']:14s}"
             lines.append(f"{head} time {q['time_ratio']:.2f}x  memory {mem}{dev}{ops}")
     return "\n".join(lines)
 

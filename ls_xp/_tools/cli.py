@@ -263,7 +263,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             return 2
     report = _bench.run_bench(
         args.backend, sizes, args.repeats, progress,
-        pairs=args.pairs, dtype=args.dtype, device=args.device, busy=args.busy,
+        pairs=args.pairs, dtype=args.dtype, device=args.device, busy=args.busy, only=args.impl,
     )  # fmt: skip
     report["versions"] = versions()
     if args.json:
@@ -350,6 +350,11 @@ def _add_bench(sub: Any) -> None:
         "large (2048x131072), wide (8192x65536), xlarge (8192x131072) or NxK; the linear workload "
         "(hidden N x D, classifier V x D, fused against the matmul and then the loss): linear-small "
         "(512x64x4096), linear (4096x256x32768) or NxDxV; repeatable (default: small, medium)",
+    )
+    p_b.add_argument(
+        "--impl",
+        action="append",
+        help="only these implementations (repeatable), e.g. ls_xp-options and ls_xp at --size linear",
     )
     p_b.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median)")
     p_b.add_argument(

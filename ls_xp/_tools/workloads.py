@@ -40,6 +40,8 @@ COMPILED_SIZES: dict[str, tuple[int, int, int]] = {
     "compiled": (4096, 256, 32000),
 }
 EPS = 0.1
+# the language-model options of the "-options" implementations (issue figures use these)
+LLM_OPTIONS: dict[str, Any] = {"z_loss": 1e-4, "softcap": 30.0, "return_aux": True}
 DTYPES = ("float32", "bfloat16")
 
 # (backend, implementation) -> module needed
@@ -63,6 +65,11 @@ LINEAR_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     # its chunked path, which refuses smoothing, at eps = 0 (a pairing that favours it)
     ("torch", "native-linear-ce"): "torch",
     ("torch", "native-linear-ce-chunked-eps0"): "torch",
+    # ls_xp at eps = 0 (against that chunked path), and with the language-model options
+    # (against the same call without them, and against the unfused path with them)
+    ("torch", "ls_xp-eps0"): "torch",
+    ("torch", "ls_xp-options"): "torch",
+    ("torch", "unfused-ls_xp-options"): "torch",
     ("jax", "ls_xp"): "jax",
     ("jax", "unfused-optax"): "optax",
     ("jax", "unfused-ls_xp"): "jax",
@@ -273,6 +280,9 @@ def _setup_linear_torch(
         "native-linear-ce-chunked-eps0": lambda h, w: f.linear_cross_entropy(
             h, w, y, options=torch.nn.LinearCrossEntropyOptions()
         ),
+        "ls_xp-eps0": lambda h, w: ls_xp.linear_cross_entropy(h, w, y, 0.0),
+        "ls_xp-options": lambda h, w: ls_xp.linear_cross_entropy(h, w, y, EPS, **LLM_OPTIONS)[0],
+        "unfused-ls_xp-options": lambda h, w: ls_xp.cross_entropy(h @ w.T, y, EPS, **LLM_OPTIONS)[0],
     }[impl]
 
     def run() -> Any:
