@@ -35,3 +35,31 @@ def test_a_compiled_step_runs_and_returns_the_loss():
     step = workloads.setup("torch", "torch-compiled-ls_xp", (16, 8, 32), "float32", "cpu")
     native = workloads.setup("torch", "torch-compiled-native", (16, 8, 32), "float32", "cpu")
     torch.testing.assert_close(step(), native())
+
+
+def test_the_linear_options_and_eps0_are_divided_by_their_own_peers():
+    def run(impl: str, t: float) -> dict:
+        return {"backend": "torch", "impl": impl, "size": "linear", "time_s": t, "peak_bytes": 100}
+
+    names = ["ls_xp", "ls_xp-options", "unfused-ls_xp-options", "ls_xp-eps0", "native-linear-ce-chunked-eps0"]
+    runs = [run(name, t) for name, t in zip(names, (1.0, 1.2, 2.4, 0.5, 2.0), strict=True)]
+    got = {(r["ours"], r["peer"]): round(r["time_ratio"], 6) for r in bench.ratios(runs)}
+    assert got == {
+        ("ls_xp", "native-linear-ce-chunked-eps0"): 0.5,
+        ("ls_xp-options", "ls_xp"): 1.2,
+        ("ls_xp-options", "unfused-ls_xp-options"): 0.5,
+        ("ls_xp-eps0", "native-linear-ce-chunked-eps0"): 0.25,
+    }
+    report = {"machine": "m", "settings": {}, "results": [], "ratios": bench.ratios(runs)}
+    assert "ls_xp-options vs ls_xp" in bench.format_report(report)
+
+
+def test_the_bench_measures_only_the_implementations_asked_for():
+    pytest.importorskip("torch")
+    only = ["ls_xp", "ls_xp-options"]
+    assert bench.available_implementations(["torch"], linear=True, impls=only) == [
+        ("torch", "ls_xp"),
+        ("torch", "ls_xp-options"),
+    ]
+    step = workloads.setup("torch", "ls_xp-options", (16, 8, 32), "float32", "cpu")
+    assert step().ndim == 0
