@@ -4,9 +4,9 @@ The public functions (:mod:`ls_xp._api`) validate their arguments into an
 :class:`ls_xp._validate.Options` and hand everything to the adapter of the logits'
 library. :class:`Adapter` itself is the generic adapter, for libraries without autodiff
 (NumPy, CuPy, Dask, array-api-strict): it calls the core. PyTorch's
-(:mod:`ls_xp.torch._adapter`) adds autograd, the custom operators for compilers and its
-block sizes; JAX's (:mod:`ls_xp.jax._adapter`) the ``custom_jvp`` rule and the scanned
-fused loss. :func:`ls_xp._api.adapter_for` picks one. No framework is imported here: an
+(:mod:`ls_xp.torch._adapter`) adds autograd, what compilers trace and its block sizes;
+JAX's (:mod:`ls_xp.jax._adapter`) the ``custom_jvp`` rule and the scanned fused loss.
+:func:`ls_xp._api.adapter_for` picks one. No framework is imported here: an
 array is recognised by ``isinstance`` against a library that is already imported (an
 array of a library that was never imported cannot exist).
 """

@@ -5,7 +5,10 @@ memory is read (``resource.getrusage``), the function is run once (warm-up, comp
 and then timed ``repeats`` times. ls_xp and each peer are measured alternately (A B A B,
 ``pairs`` times), and the ratio reported is the median of the per-pair ratios, so that the
 drift of a shared machine cancels. Reported per implementation: the median time, the peak
-host memory beyond the inputs (peak RSS less the RSS before the first run), on a non-CPU
+host memory beyond the inputs (peak RSS less the RSS before the first run, compilation
+included), the step's own peak (on Linux the peak RSS of the timed runs, ``VmHWM`` reset
+after the warm-up, less the RSS before them: what one call holds, without the compiler's
+memory), on a non-CPU
 device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
 JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage``'s minor
 page faults over the timed runs, times the page size: the fresh pages the kernel had to hand
@@ -56,6 +59,26 @@ def _peak_rss_bytes() -> int:
     """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Starts a new peak of resident memory (Linux: ``/proc/self/clear_refs``); False where
+    that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset() -> int:
+    """The peak resident memory since :func:`_reset_peak_rss` (``VmHWM``)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def _rss_bytes() -> int:
@@ -118,6 +141,9 @@ def _worker(
     device_memory = _DeviceMemory(backend, device)
     out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
     del out
+    peak = _peak_rss_bytes()
+    # the step's own peak: over the timed calls, above what is resident before them
+    resident = _rss_bytes() if _reset_peak_rss() else None
     times = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
@@ -129,7 +155,8 @@ def _worker(
     result: dict[str, Any] = {
         "time_s": statistics.median(times),
         "times_s": times,
-        "peak_bytes": max(0, _peak_rss_bytes() - baseline),
+        "peak_bytes": max(0, max(peak, _peak_rss_bytes()) - baseline),
+        "step_peak_bytes": None if resident is None else max(0, _peak_rss_since_reset() - resident),
         "device_peak_bytes": device_memory.peak(),
         # pages first touched per call (timing included them); ``repeats`` >= 1
         "faulted_bytes": faults * resource.getpagesize() // max(repeats, 1),
@@ -260,7 +287,15 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(group[-1])
             continue
         row = dict(ok[0])
-        for key in ("time_s", "peak_bytes", "device_peak_bytes", "faulted_bytes", "ops", "syncs"):
+        for key in (
+            "time_s",
+            "peak_bytes",
+            "step_peak_bytes",
+            "device_peak_bytes",
+            "faulted_bytes",
+            "ops",
+            "syncs",
+        ):
             vals = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.median(vals) if vals else None
         row["times_s"] = [r["time_s"] for r in ok]
@@ -321,6 +356,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "pairs": len(pairs),
                     "time_ratio": median_ratio("time_s"),
                     "memory_ratio": median_ratio("peak_bytes"),
+                    "step_memory_ratio": median_ratio("step_peak_bytes"),
                     "device_memory_ratio": median_ratio("device_peak_bytes"),
                     "ops": (statistics.median(a["ops"] for a, _ in pairs) if "ops" in pairs[0][0] else None),
                     "peer_ops": (
@@ -353,7 +389,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"median of {st.get('repeats', '?')} runs each" + (", one core kept busy" if st.get("busy") else ""),
         "",
         f"{'backend':8s} {'implementation':16s} {'size':12s} {'shape':>16s} {'median':>9s}"
-        f" {'peak extra':>11s} {'device peak':>12s} {'faulted':>12s} {'ops':>6s} {'syncs':>5s}",
+        f" {'peak extra':>11s} {'step peak':>11s} {'device peak':>12s} {'faulted':>12s}"
+        f" {'ops':>6s} {'syncs':>5s}",
     ]
     for r in report["results"]:
         shape = "x".join(str(d) for d in r["shape"])
@@ -363,18 +400,21 @@ def format_report(report: dict[str, Any]) -> str:
             )
             continue
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
+        step = "-" if r.get("step_peak_bytes") is None else f"{r['step_peak_bytes'] / 2**20:8.0f} MiB"
         dev = "-" if r.get("device_peak_bytes") is None else f"{r['device_peak_bytes'] / 2**20:8.0f} MiB"
         flt = "-" if r.get("faulted_bytes") is None else f"{r['faulted_bytes'] / 2**20:8.0f} MiB"
         ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
         syncs = "-" if r.get("syncs") is None else f"{r['syncs']:.0f}"
         lines.append(
             f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s} {r['time_s']:8.4f}s {peak:>11s}"
-            f" {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s}"
+            f" {step:>11s} {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s}"
         )
     if report["ratios"]:
         lines += ["", "ratios ls_xp / peer (median over the pairs of this run; < 1 is better):"]
         for q in report["ratios"]:
             mem = "-" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}x"
+            if q.get("step_memory_ratio") is not None:
+                mem += f"  step memory {q['step_memory_ratio']:.2f}x"
             dev = (
                 ""
                 if q.get("device_memory_ratio") is None

@@ -15,10 +15,12 @@ recomputes the gradient from the saved logits with differentiable tensor operati
 second derivatives are exact as well. Forward mode (``torch.func.jvp``, ``jacfwd``,
 ``hessian``) contracts the same analytic gradient with the tangents.
 
-Inside ``torch.compile`` and ``torch.export`` the loss is the custom operator
-``ls_xp::label_smoothed_ce`` (``torch.library.custom_op``) with a shape-only fake
-implementation and a registered backward, so compilers see one opaque operator and no
-graph break, and exported programs carry it.
+Inside ``torch.compile`` and ``torch.export`` the loss is the traced formula, with no
+graph break, and its backward an ``autograd.Function`` that dynamo traces too, written so
+that the compiled step keeps the logits (not a finished gradient) for the backward; the
+fused linear loss is the custom operator ``ls_xp::linear_ce`` (``torch.library.custom_op``
+with a shape-only fake implementation and a registered backward), which exported
+programs carry.
 
 ``torch.func.grad`` and ``torch.func.vmap`` are supported (the vmap rule is generated);
 under them the value checks of the core are skipped (bad labels give NaN, as under
@@ -29,9 +31,9 @@ rounded through their dtype.
 A gradient with respect to ``weight`` is not implemented (PyTorch raises there too).
 
 Layout: ``_modules`` (the public classes), ``_adapter`` (the hooks the core API calls),
-``_autograd`` (the eager Functions), ``_ops`` (the custom operators), ``_calls`` (the
-core as the adapter calls it, and PyTorch's block sizes), ``_fused`` (the accelerator
-plan's compiled block, ``LS_XP_COMPILE``).
+``_autograd`` (the eager Functions), ``_traced`` (the loss inside compilers), ``_ops``
+(the custom operators), ``_calls`` (the core as the adapter calls it, and PyTorch's block
+sizes), ``_fused`` (the accelerator plan's compiled block, ``LS_XP_COMPILE``).
 """
 
 from __future__ import annotations

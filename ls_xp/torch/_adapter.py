@@ -62,7 +62,8 @@ class TorchAdapter(Adapter):
         kl: bool,
     ) -> Any:
         """The loss (``(loss, aux)`` with ``opts.return_aux``): an autograd Function where an
-        input requires grad, the custom operator inside compilers, else the core."""
+        input requires grad, the traced formula inside compilers (:mod:`ls_xp.torch._traced`),
+        the compiled training step where ``LS_XP_COMPILE`` asks for it, else the core."""
         if is_dtensor(logits):  # sharded logits: the vocabulary-parallel loss (ls_xp.torch._dtensor)
             from ls_xp.torch._dtensor import dtensor_loss
 
