@@ -60,7 +60,7 @@ Array = Any
 BLOCK_BYTES = 1 << 24
 # Each block's softmax runs in pieces of at most this many bytes of logits (each piece keeps
 # a few temporaries of its size alive: shifted logits, exp, softcap's tanh). 4 MiB pieces
-# (32 rows at V = 32768) held 96 MiB at 4096 x 256 x 32768 float32 against 136 MiB with
+# (32 rows at V = 32768) held 96-112 MiB at 4096 x 256 x 32768 float32 against 136 MiB with
 # 8 MiB pieces, at the same speed (2026-12-01); smaller pieces cost time: every operation
 # of a piece is a parallel region of its own, and at 2 MiB a piece the CPU plan ran
 # 1.5-1.9x slower on a loaded 2-core machine.
