@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ls_xp
+from tests._devices import jax_x64
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jnp = jax.numpy
@@ -14,10 +15,8 @@ jnp = jax.numpy
 
 @pytest.fixture(autouse=True)
 def _x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+    with jax_x64(True):
+        yield
 
 
 @pytest.mark.parametrize("kw", [{}, {"reduction": "none"}, {"convention": "others", "reduction": "sum"}])

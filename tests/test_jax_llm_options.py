@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ls_xp
+from tests._devices import jax_x64
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jnp = jax.numpy
@@ -22,10 +23,8 @@ CASES = [
 
 @pytest.fixture(autouse=True)
 def _x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+    with jax_x64(True):
+        yield
 
 
 def _data(soft):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ls_xp
+from tests._devices import jax_x64
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jnp = jax.numpy
@@ -23,10 +24,8 @@ if jax.default_backend() != "cpu" or jax.device_count() > 1:
 @pytest.fixture
 def x32():
     """32-bit defaults (int32 class indices in the blocks), whatever an earlier test set."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", before)
+    with jax_x64(False):
+        yield
 
 
 def _analysis(f, *shapes):
@@ -95,10 +94,8 @@ def _problem(seed: int = 0, n: int = 24, k: int = 10):
 
 @pytest.fixture
 def x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+    with jax_x64(True):
+        yield
 
 
 CASES = [
