@@ -129,3 +129,21 @@ def test_eager_use_does_not_import_dynamo_and_a_later_compile_does_not_warn():
     assert out.returncode == 0, out.stderr
     assert "dynamo imported by an eager call: False" in out.stdout
     assert "warnings: []" in out.stdout, out.stdout
+
+
+def test_the_former_operator_of_the_loss_still_runs():
+    """``ls_xp::label_smoothed_ce`` stays registered for programs exported with it: called
+    as they call it, its loss and gradient are the eager loss's."""
+    import ls_xp.torch  # (registers the operators)
+
+    g = torch.Generator().manual_seed(2)
+    x0, y = torch.randn(6, 5, dtype=torch.float64, generator=g), torch.tensor([0, 1, 2, 3, 4, -100])
+    x = x0.clone().requires_grad_()
+    flat = (0.1, "mean", -100, -1, "uniform", False, False, [True, False, False], 0, -1, False, 0.0, 0.0, 0)
+    loss = torch.ops.ls_xp.label_smoothed_ce(x, y, None, None, None, *flat)[0]
+    loss.backward()
+    want_x = x0.clone().requires_grad_()
+    want = ls_xp.cross_entropy(want_x, y, 0.1)
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, want_x.grad, rtol=1e-12, atol=1e-12)

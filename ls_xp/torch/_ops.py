@@ -1,8 +1,8 @@
 """Inside ``torch.compile`` and ``torch.export``: the fused linear loss as opaque custom operators.
 
 The loss of logits is traced instead (:mod:`ls_xp.torch._traced`), so that the compiler
-fuses its formula; ``ls_xp::label_smoothed_ce`` stays registered (and ``compiled_loss``
-callable) so that programs exported with it still load and run. The fused linear loss
+fuses its formula; ``ls_xp::label_smoothed_ce`` stays registered so that programs
+exported with it still load and run. The fused linear loss
 keeps its operators: its row blocks are what keeps the N x K logits out of memory, which
 a traced single block would give up.
 
@@ -164,30 +164,6 @@ def _ce_op_backward(ctx: Any, grad_out: Tensor, *_: Any) -> tuple[Any, ...]:
 
 
 torch.library.register_autograd(_ce_op, _ce_op_backward, setup_context=_ce_op_setup)
-
-
-def compiled_loss(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    where: Tensor | None,
-    smoothing: Any,
-    opts: Options,
-    kl: bool,
-    needs: tuple[bool, bool, bool],
-    float_loss: bool,
-) -> Tensor:
-    """The loss as the opaque operator (under torch.compile / torch.export)."""
-    if opts.return_aux:
-        raise NotImplementedError(
-            "ls_xp: return_aux=True is not supported inside torch.compile / torch.export"
-        )
-    smooth_t, eps, chunk, check = _flat(smoothing, opts)
-    return _ce_op(
-        logits, target, weight, where, smooth_t, eps, opts.reduction, opts.ignore_index, opts.axis,
-        opts.convention, opts.log_probs, kl, list(needs), chunk, check, float_loss, opts.z_loss,
-        opts.softcap or 0.0, opts.shift,
-    )[0]  # fmt: skip
 
 
 # ------------------------------------------------------------------ fused linear + loss
