@@ -76,7 +76,7 @@ def accuracy_local(xp: ModuleType, st: Any, rows: Any, top: Array, pk: Picks) ->
     if st.soft:
         t = rows.t if rows.m is None else xp.where(rows.m, rows.t, -math.inf)
         t_max = xp.max(t, axis=-1, keepdims=True)
-        same = first_max(xp, t, pk) == top
+        same = first_max(xp, t, pk, t_max) == top
         return xp.astype(same, st.dtype), t_max
     k = rows.x.shape[1]
     before = rows.valid & rows.ok & (rows.y - st.offset >= k)
