@@ -132,8 +132,8 @@ def evaluate(
         eps=v.check_smoothing(xp, smoothing, dt, dev, read), convention=opts.convention,
         log_probs=opts.log_probs, kl=req.kl, dtype=dt, want_grad=req.grad,
         want_target_grad=req.target_grad, want_eps_grad=req.smoothing_grad, guard_rows=False,
-        inplace=req.inplace, workers=opts.workers, plan=plan, read=read, z_loss=opts.z_loss,
-        softcap=opts.softcap, want_aux=opts.return_aux, z_scale=req.z_scale,
+        inplace=req.inplace, logits_are_ours=False, workers=opts.workers, plan=plan, read=read,
+        z_loss=opts.z_loss, softcap=opts.softcap, want_aux=opts.return_aux, z_scale=req.z_scale,
     )  # fmt: skip
     v.check_num_classes(shape[ax], sp.convention, "number of classes (logits.shape[axis])")
     target, weight, where = v.inputs_like(xp, dev, target, weight, where)
@@ -161,6 +161,7 @@ def evaluate(
     grad_buf = None
     if req.grad and opts.overwrite_logits and shifted is None and _plan.can_overwrite(logits, ax, dt):
         grad_buf = logits  # each block's rows are read before its gradient replaces them
+        sp = sp._replace(logits_are_ours=True)
     out = blocks(xp, sp, rows, _plan.block_rows(br.x, opts.chunk_size, plan), grad_buf)
     res = _assemble(xp, out, rows, logits, target, ax, opts, req)
     return res if shifted is None else shifted.restore(xp, res, opts)

@@ -115,6 +115,7 @@ class Spec(NamedTuple):
     want_eps_grad: bool
     guard_rows: bool
     inplace: bool
+    logits_are_ours: bool  # the logits may be written over (their rows get the gradient after)
     workers: int | None  # threads over row blocks (CPU plan); None: the library's default
     plan: str  # the execution plan, "cpu" or "accelerator"
     read: bool  # values may be read back (checks that raise); never on the accelerator plan
@@ -194,10 +195,19 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         k_n = xp.sum(mf, axis=-1, keepdims=True)
         cw = mf if w is None else xp.where(m, w, 0.0)
         s_w = xp.sum(cw, axis=-1, keepdims=True)
+    inplace = sp.inplace and not pk.dense
     # 1. softcapping (Gemma 2): every later step sees the capped logits
+    fold = False  # the gradient rows come as -g / softcap^2 (see _softcap_chain)
     if sp.softcap is not None:
-        x = xp.tanh(x / sp.softcap)  # (a fresh array: scaled in place, one block temporary kept)
-        x = _scale_shift(xp, x, sp.softcap, None, inplace=sp.inplace and not pk.dense)
+        u = _divided(xp, x, sp.softcap, inplace=inplace and (sp.logits_are_ours or sp.guard_rows))
+        x = xp.tanh(u)  # (a fresh array: scaled in place, one block temporary kept)
+        x = _scale_shift(xp, x, sp.softcap, None, inplace=inplace)
+        fold = inplace and sp.want_grad and not sp.want_target_grad
+        if fold:
+            rows = rows._replace(
+                factor=rows.factor * (-1.0 / sp.softcap**2),
+                factor_z=None if rows.factor_z is None else rows.factor_z * (-1.0 / sp.softcap**2),
+            )
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     # 2. the z-loss's share of each row's softmax coefficient: d(z lse^2)/dx_c = 2 z lse p_c
     lse = None if ls.x_max is None or not (sp.z_loss or sp.want_aux) else ls.x_max + ls.l1
@@ -218,7 +228,7 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     # 4. the z-loss rows, the statistics, and the softcap's chain rule 1 - tanh^2
     g = out.grad
     if sp.softcap is not None and g is not None:  # (x, the capped logits, is ours: made above)
-        g = _softcap_chain(xp, g, x, sp.softcap, inplace=sp.inplace and not pk.dense)
+        g = _softcap_chain(xp, g, x, sp.softcap, inplace=inplace, folded=fold)
     return out._replace(
         grad=g,
         z_row=None if not sp.z_loss or lse is None else z * (lse * lse),
@@ -227,14 +237,32 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     )
 
 
-def _softcap_chain(xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool) -> Array:
-    """d/dx of softcap tanh(x / softcap) is 1 - tanh^2 = 1 - (capped / softcap)^2: the
-    gradient times that, as g - g t^2. In place (``g`` and ``capped`` are ours, and the
-    capped logits are not read again), t^2 g is made in the capped logits' buffer, so that
-    the softcap keeps one block temporary alive, not two."""
+def _divided(xp: ModuleType, x: Array, d: float, *, inplace: bool) -> Array:
+    """``x / d``, in place where ``x`` may be written over (one block temporary fewer)."""
+    if not inplace:
+        return x / d
+    x /= d
+    return x
+
+
+def _softcap_chain(
+    xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool, folded: bool
+) -> Array:
+    """d/dx of c tanh(x / c) is 1 - tanh^2 = 1 - (capped / c)^2, c the softcap.
+
+    In place (``g`` and ``capped`` are ours, and the capped logits are not read again) the
+    product is made in the capped logits' buffer, so that the softcap keeps one block
+    temporary alive, not two. ``folded``: the row factors were multiplied by -1 / c^2, so
+    ``g`` holds -g / c^2 and three passes make it, as c^2 (t^2 - 1) (-g / c^2) = g (1 - t^2),
+    where g - g t^2 took four."""
     if not inplace:
         t = capped / softcap
         return g * (1.0 - t * t)
+    if folded:
+        capped *= capped
+        capped -= softcap * softcap
+        capped *= g
+        return capped
     capped /= softcap
     capped *= capped
     capped *= g
