@@ -15,6 +15,10 @@ import pytest
 
 from ls_xp._tools import backends as _backends
 
+# The suite runs with 64-bit JAX (its references are float64), switched on once here, before
+# any test: a test of float32 JAX switches it off for its length (tests._devices.jax_x64).
+_backends.enable_jax_x64()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

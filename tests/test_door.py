@@ -27,9 +27,6 @@ def _as(lib: str, a: np.ndarray):
 
         return torch.asarray(a)
     if lib == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
         return jnp.asarray(a)
@@ -79,11 +76,9 @@ def test_two_non_numpy_libraries_are_an_error_naming_both(a, b):
 def test_jax_check_grads_with_numpy_primals():
     """jax.test_util.check_grads evaluates the loss on NumPy primals with JAX labels
     closed over, as it does for optax."""
-    import jax
     import jax.numpy as jnp
     from jax.test_util import check_grads
 
-    jax.config.update("jax_enable_x64", True)
     y = jnp.asarray(Y)
     x = np.random.default_rng(0).normal(size=(4, 3))
     check_grads(lambda v: ls_xp.cross_entropy(v, y, 0.1), (x,), order=2, modes=["fwd", "rev"])

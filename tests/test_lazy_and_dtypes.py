@@ -13,7 +13,6 @@ from tests._cases import NumpyXB, call, random_problem
 @pytest.mark.parametrize("seed", range(6))
 def test_jit_equals_eager(seed):
     jax = pytest.importorskip("jax", reason="jax is not installed")
-    jax.config.update("jax_enable_x64", True)
     p = random_problem(seed)
     kw = dict(reduction=p.reduction, ignore_index=p.ignore_index, axis=1)
     w = None if p.weight is None else jax.numpy.asarray(p.weight)

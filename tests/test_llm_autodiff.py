@@ -64,7 +64,6 @@ def test_jax_check_grads_with_every_option(reduction):
     import jax.numpy as jnp
     from jax.test_util import check_grads
 
-    jax.config.update("jax_enable_x64", True)
     x, y, w, _ = _data()
     y, w = jnp.asarray(y), jnp.asarray(w)
 

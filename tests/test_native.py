@@ -71,7 +71,6 @@ def test_torch_smoothing_and_logits_gradients_together():
 def test_jax_grad_jit_and_vmap_in_smoothing(kl, conv, soft, red):
     jax = pytest.importorskip("jax", reason="jax is not installed")
     jnp = jax.numpy
-    jax.config.update("jax_enable_x64", True)
     x, t = jnp.asarray(X), jnp.asarray(T if soft else Y)
 
     def f(s):
@@ -456,7 +455,6 @@ def test_the_readme_optax_row_with_a_class_mask():
     x, y = rng.normal(size=(5, 6)), np.array([0, 1, 2, 3, 4])
     m = rng.random((5, 6)) < 0.7
     m[np.arange(5), y] = True
-    jax.config.update("jax_enable_x64", True)  # as the rest of the suite
     labels = optax.smooth_labels(jax.nn.one_hot(y, 6, dtype=jnp.float64), 0.2, where=jnp.asarray(m))
     theirs = optax.softmax_cross_entropy(jnp.asarray(x), labels, where=jnp.asarray(m)).mean()
     ours = ls_xp.cross_entropy(jnp.asarray(x), y, 0.2, where=m)

@@ -108,13 +108,25 @@ def _torch() -> list[Target | Unavailable]:
     return out
 
 
+def enable_jax_x64(backends: tuple[str, ...] | list[str] | None = None) -> None:
+    """Switch ``jax_enable_x64`` on where JAX is installed and among ``backends`` (None:
+    all), for the float64 cells. A setting of the whole process: for processes that are
+    the tool's own (``ls-xp check``, the test suite); :func:`discover` never changes it."""
+    if (backends is None or "jax" in backends) and _installed("jax"):
+        importlib.import_module("jax").config.update("jax_enable_x64", True)
+
+
 def _jax() -> list[Target | Unavailable]:
     jax = importlib.import_module("jax")
-    jax.config.update("jax_enable_x64", True)
     xp = importlib.import_module("jax.numpy")
+    names, skipped = DTYPE_NAMES, {}
+    if not jax.config.jax_enable_x64:  # (JAX would make float64 arrays float32)
+        names = tuple(n for n in DTYPE_NAMES if n != "float64")
+        skipped = {"float64": "jax_enable_x64 is off"}
     out: list[Target | Unavailable] = []
     for dev in jax.devices():
-        out.append(Target("jax", xp, dev, f"{dev.platform}:{dev.id}", _dtypes(xp, DTYPE_NAMES), np.asarray))
+        label = f"{dev.platform}:{dev.id}"
+        out.append(Target("jax", xp, dev, label, _dtypes(xp, names), np.asarray, skipped))
     if not any(d.platform == "gpu" for d in jax.devices()):
         out.append(Unavailable("jax", "gpu", "no GPU visible to jax"))
     return out

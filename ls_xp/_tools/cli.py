@@ -203,8 +203,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ImportError:
         print("ls-xp check compares results with NumPy: pip install 'ls_xp[numpy]'", file=sys.stderr)
         return 2
+    from ls_xp._tools import backends as _backends
     from ls_xp._tools import conformance as _conformance
 
+    _backends.enable_jax_x64(args.backend)  # (the float64 cells; this process is the CLI's)
     dtypes: list[str] = args.dtype or (["float32"] if args.quick else list(_conformance.DTYPES))
     if args.quick:
         args.sweep = min(args.sweep, 2)
