@@ -119,7 +119,8 @@ def enable_jax_x64(backends: tuple[str, ...] | list[str] | None = None) -> None:
 def _jax() -> list[Target | Unavailable]:
     jax = importlib.import_module("jax")
     xp = importlib.import_module("jax.numpy")
-    names, skipped = DTYPE_NAMES, {}
+    names: tuple[str, ...] = DTYPE_NAMES
+    skipped: dict[str, str] = {}
     if not jax.config.jax_enable_x64:  # (JAX would make float64 arrays float32)
         names = tuple(n for n in DTYPE_NAMES if n != "float64")
         skipped = {"float64": "jax_enable_x64 is off"}
