@@ -197,13 +197,24 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         s_w = xp.sum(cw, axis=-1, keepdims=True)
     inplace = sp.inplace and not pk.dense
     # 1. softcapping (Gemma 2): every later step sees the capped logits. x (1/c), within an
-    #    ulp of x / c, is a product (a third of a quotient's time per element on a CPU), in
-    #    place where the logits may be written over
+    #    ulp of x / c, is a product (a third of a quotient's time per element on a CPU). Where
+    #    the logits may be written over, the capped logits replace them: tanh's fresh array
+    #    is freed at once, and the block keeps as many temporaries as without the softcap
     fold = False  # the gradient rows come as -g / softcap^2 (see _softcap_chain)
     if sp.softcap is not None:
         own = inplace and (sp.logits_are_ours or sp.guard_rows)
-        x = xp.tanh(_scale_shift(xp, x, 1.0 / sp.softcap, None, inplace=own))
-        x = _scale_shift(xp, x, sp.softcap, None, inplace=inplace)
+        capped = _scale_shift(
+            xp,
+            xp.tanh(_scale_shift(xp, x, 1.0 / sp.softcap, None, inplace=own)),
+            sp.softcap,
+            None,
+            inplace=inplace,
+        )
+        if own:
+            x[...] = capped
+        else:
+            x = capped
+        del capped
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
             rows = rows._replace(
@@ -255,8 +266,8 @@ def _softcap_chain(
     if folded:
         capped *= capped
         capped -= softcap * softcap
-        capped *= g
-        return capped
+        g *= capped
+        return g
     capped *= 1.0 / softcap
     capped *= capped
     capped *= g
