@@ -256,10 +256,10 @@ def _softcap_chain(
     """d/dx of c tanh(x / c) is 1 - tanh^2 = 1 - (capped / c)^2, c the softcap.
 
     In place (``g`` and ``capped`` are ours, and the capped logits are not read again) the
-    product is made in the capped logits' buffer, so that the softcap keeps one block
-    temporary alive, not two. ``folded``: the row factors were multiplied by -1 / c^2, so
-    ``g`` holds -g / c^2 and three passes make it, as c^2 (t^2 - 1) (-g / c^2) = g (1 - t^2),
-    where g - g t^2 took four."""
+    factor is made in the capped logits' buffer, so that the chain rule adds no block
+    temporary. ``folded``: the row factors were multiplied by -1 / c^2, so ``g``
+    holds -g / c^2 and three passes make the product, as c^2 (t^2 - 1) (-g / c^2) =
+    g (1 - t^2), where g - g t^2 takes four."""
     if not inplace:
         t = capped * (1.0 / softcap)
         return g * (1.0 - t * t)
