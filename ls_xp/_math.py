@@ -196,30 +196,17 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         cw = mf if w is None else xp.where(m, w, 0.0)
         s_w = xp.sum(cw, axis=-1, keepdims=True)
     inplace = sp.inplace and not pk.dense
-    # 1. softcapping (Gemma 2): every later step sees the capped logits. x (1/c), within an
-    #    ulp of x / c, is a product (a third of a quotient's time per element on a CPU). Where
-    #    the logits may be written over, the capped logits replace them: tanh's fresh array
-    #    is freed at once, and the block keeps as many temporaries as without the softcap
+    # 1. softcapping (Gemma 2): every later step sees the capped logits
     fold = False  # the gradient rows come as -g / softcap^2 (see _softcap_chain)
     if sp.softcap is not None:
-        own = inplace and (sp.logits_are_ours or sp.guard_rows)
-        capped = _scale_shift(
-            xp,
-            xp.tanh(_scale_shift(xp, x, 1.0 / sp.softcap, None, inplace=own)),
-            sp.softcap,
-            None,
-            inplace=inplace,
+        x = _softcapped(
+            xp, x, sp.softcap, inplace=inplace, own=inplace and (sp.logits_are_ours or sp.guard_rows)
         )
-        if own:
-            x[...] = capped
-        else:
-            x = capped
-        del capped
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
+            k = -1.0 / sp.softcap**2
             rows = rows._replace(
-                factor=rows.factor * (-1.0 / sp.softcap**2),
-                factor_z=None if rows.factor_z is None else rows.factor_z * (-1.0 / sp.softcap**2),
+                factor=rows.factor * k, factor_z=None if rows.factor_z is None else rows.factor_z * k
             )
     ls = _LogSoftmax.of(xp, sp, x, m, pk)
     # 2. the z-loss's share of each row's softmax coefficient: d(z lse^2)/dx_c = 2 z lse p_c
@@ -248,6 +235,20 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         lse=lse,
         hit=None if target is None or not sp.want_aux else xp.astype(ls.top == target, sp.dtype),
     )
+
+
+def _softcapped(xp: ModuleType, x: Array, softcap: float, *, inplace: bool, own: bool) -> Array:
+    """c tanh(x / c), c the softcap. x (1/c), within an ulp of x / c, is a product (a third of
+    a quotient's time per element on a CPU). Where the logits are ``own`` (they may be
+    written over), the capped logits replace them: tanh's fresh array is freed at once, and
+    the block keeps as many temporaries as without the softcap."""
+    capped = _scale_shift(
+        xp, xp.tanh(_scale_shift(xp, x, 1.0 / softcap, None, inplace=own)), softcap, None, inplace=inplace
+    )
+    if not own:
+        return capped
+    x[...] = capped
+    return x
 
 
 def _softcap_chain(

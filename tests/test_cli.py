@@ -251,3 +251,30 @@ def test_bench_ranks_runs_the_vocabulary_parallel_benchmark(monkeypatch):
     args = cli.build_parser().parse_args(["bench", "--ranks", "2", "--json"])
     assert args.func(args) == 0
     assert seen == [["--ranks", "2", "--pairs", "3", "--repeats", "5", "--json"]]
+
+
+def test_discovery_leaves_jax_64_bit_mode_alone():
+    """Listing the backends does not switch jax_enable_x64: with it off, JAX's float64 cells
+    are skipped, saying why (ls-xp check switches it on in its own process)."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    import jax
+
+    from ls_xp._tools import backends
+    from tests._devices import jax_x64
+
+    for enabled in (False, True):
+        with jax_x64(enabled):
+            cpu = [t for t in backends.discover(["jax"]) if isinstance(t, backends.Target)]
+            assert cpu and jax.config.jax_enable_x64 is enabled
+            for t in cpu:
+                assert ("float64" in t.dtypes) is enabled
+                assert t.skipped_dtypes == ({} if enabled else {"float64": "jax_enable_x64 is off"})
+
+
+def test_check_runs_jax_float64_cells():
+    """ls-xp check switches JAX's 64-bit mode on for its float64 cells."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    out = _cli("check", "--backend", "jax", "--dtype", "float64", "--sweep", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("jax/cpu"))
+    assert "pass" in row and "skipped" not in row, row

@@ -255,3 +255,22 @@ def test_aux_fields_of_none_have_the_losses_shape(rng, z_loss, fused):
     else:
         loss, aux = ls_xp.cross_entropy(x, y, 0.1, **kw)
     assert loss.shape == aux.lse.shape == aux.z_loss.shape == aux.accuracy.shape == (2, 4)
+
+
+@pytest.mark.parametrize("convention", ["uniform", "others"])
+def test_softcap_over_logits_written_over_equals_a_copy(xb, rng, convention):
+    """Where the logits may be written over, the capped logits replace them and the chain rule
+    comes from row factors scaled by -1/softcap^2: the same loss and gradient as leaving them
+    alone (several blocks, ignored rows, class weights, the z-loss)."""
+    x, y = rng.normal(size=(23, 7)) * 4, rng.integers(0, 7, 23)
+    y[::5] = -100
+    w = xb.asarray(rng.uniform(0.5, 2.0, 7))
+    kw = dict(weight=w, convention=convention, softcap=2.5, z_loss=1e-2, chunk_size=4, reduction="sum")
+    want, want_grad = ls_xp.loss_and_grad(xb.asarray(x), xb.asarray(y), 0.1, **kw)
+    logits = xb.asarray(x.copy())
+    loss, grad = ls_xp.loss_and_grad(logits, xb.asarray(y), 0.1, overwrite_logits=True, **kw)
+    np.testing.assert_allclose(xb.np(loss), xb.np(want), rtol=1e-14)
+    np.testing.assert_allclose(xb.np(grad), xb.np(want_grad), rtol=1e-13, atol=1e-16)
+    if convention == "uniform":  # (the independent formula's convention)
+        want64 = _independent(x, y, 0.1, z_loss=1e-2, softcap=2.5, weight=xb.np(w), reduction="sum")
+        np.testing.assert_allclose(xb.np(loss), want64, rtol=1e-12)

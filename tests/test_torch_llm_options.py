@@ -38,6 +38,19 @@ def test_autograd_equals_the_core(kw, soft):
     np.testing.assert_allclose(xt.grad.numpy(), want_grad, rtol=1e-9, atol=1e-12)
 
 
+def test_gradcheck_of_probability_targets_with_softcap():
+    """Probability targets that require grad keep the softcap's chain rule unfolded (their
+    gradient shares the row factors): gradcheck in both arguments."""
+    x, t = (torch.tensor(a) for a in _data(True))
+    x.requires_grad_()
+    t.requires_grad_()
+
+    def f(a, b):
+        return ls_xp.cross_entropy(a, b, 0.1, softcap=2.0, z_loss=1e-2, reduction="sum")
+
+    assert torch.autograd.gradcheck(f, (x, t))
+
+
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("kw", CASES)
 def test_forward_mode_equals_finite_differences(kw, soft):
