@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 import ls_xp
-from tests._devices import jax_x64
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jnp = jax.numpy
-
-
-@pytest.fixture(autouse=True)
-def _x64():
-    with jax_x64(True):
-        yield
 
 
 @pytest.mark.parametrize("kw", [{}, {"reduction": "none"}, {"convention": "others", "reduction": "sum"}])

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import ls_xp
-from tests._devices import jax_x64
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jnp = jax.numpy
@@ -19,12 +18,6 @@ CASES = [
     {"shift": 2, "reduction": "none"},
     {"z_loss": 1e-2, "softcap": 3.0, "shift": 1, "reduction": "sum"},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _x64():
-    with jax_x64(True):
-        yield
 
 
 def _data(soft):

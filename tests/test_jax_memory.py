@@ -92,12 +92,6 @@ def _problem(seed: int = 0, n: int = 24, k: int = 10):
     return x, jnp.asarray(y), t, jnp.asarray(mask), jnp.asarray(rng.uniform(0.5, 2.0, k))
 
 
-@pytest.fixture
-def x64():
-    with jax_x64(True):
-        yield
-
-
 CASES = [
     ("mean", False, {"weight": True, "z_loss": 1e-2, "softcap": 2.0, "convention": "others"}),
     ("none", True, {"weight": True, "where": True}),
@@ -107,7 +101,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("reduction", "soft", "kw"), CASES)
-def test_blocks_match_the_whole_logits_in_both_modes(x64, reduction, soft, kw):
+def test_blocks_match_the_whole_logits_in_both_modes(reduction, soft, kw):
     """Loss, gradient (logits, smoothing, probability targets) and a jvp, blocked (chunk
     of 8 rows: a scan) against the whole logits (one block: no scan), under jit (the
     class mask an argument: a concrete one is checked on the whole logits)."""
@@ -135,7 +129,7 @@ def test_blocks_match_the_whole_logits_in_both_modes(x64, reduction, soft, kw):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
 
 
-def test_blocks_match_in_higher_orders_vmap_and_edge_rows(x64):
+def test_blocks_match_in_higher_orders_vmap_and_edge_rows():
     """hessian and vmap through the scan; every row ignored (NaN loss, zero
     gradient) and a label out of range (NaN rows) as the whole logits give them."""
     x, y, _, _, w = _problem(n=8)
