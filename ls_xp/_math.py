@@ -123,6 +123,7 @@ class Spec(NamedTuple):
     softcap: float | None = None  # logits become softcap * tanh(x / softcap) first
     want_aux: bool = False  # the per-row lse and first-argmax hits
     z_scale: float | Array = 1.0  # a scale of z_loss (see Request.z_scale)
+    over_softcap: bool = False  # the logits come as x / softcap (Request.logits_over_softcap)
 
 
 class BlockOut(NamedTuple):
@@ -199,9 +200,8 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     # 1. softcapping (Gemma 2): every later step sees the capped logits
     fold = False  # the gradient rows come as -g / softcap^2 (see _softcap_chain)
     if sp.softcap is not None:
-        x = _softcapped(
-            xp, x, sp.softcap, inplace=inplace, own=inplace and (sp.logits_are_ours or sp.guard_rows)
-        )
+        own = inplace and (sp.logits_are_ours or sp.guard_rows)
+        x = _softcapped(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap)
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
             k = -1.0 / sp.softcap**2
@@ -237,14 +237,14 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     )
 
 
-def _softcapped(xp: ModuleType, x: Array, softcap: float, *, inplace: bool, own: bool) -> Array:
-    """c tanh(x / c), c the softcap. x (1/c), within an ulp of x / c, is a product (a third of
-    a quotient's time per element on a CPU). Where the logits are ``own`` (they may be
-    written over), the capped logits replace them: tanh's fresh array is freed at once, and
-    the block keeps as many temporaries as without the softcap."""
-    capped = _scale_shift(
-        xp, xp.tanh(_scale_shift(xp, x, 1.0 / softcap, None, inplace=own)), softcap, None, inplace=inplace
-    )
+def _softcapped(xp: ModuleType, x: Array, softcap: float, *, inplace: bool, own: bool, scaled: bool) -> Array:
+    """c tanh(x / c), c the softcap; ``scaled``: ``x`` is x / c already. x (1/c), within an
+    ulp of x / c, is a product (a third of a quotient's time per element on a CPU). Where
+    the logits are ``own`` (they may be written over), the capped logits replace them:
+    tanh's fresh array is freed at once, and the block keeps as many temporaries as without
+    the softcap."""
+    u = x if scaled else _scale_shift(xp, x, 1.0 / softcap, None, inplace=own)
+    capped = _scale_shift(xp, xp.tanh(u), softcap, None, inplace=inplace)
     if not own:
         return capped
     x[...] = capped
@@ -260,15 +260,17 @@ def _softcap_chain(
     factor is made in the capped logits' buffer, so that the chain rule adds no block
     temporary. ``folded``: the row factors were multiplied by -1 / c^2, so ``g``
     holds -g / c^2 and three passes make the product, as c^2 (t^2 - 1) (-g / c^2) =
-    g (1 - t^2), where g - g t^2 takes four."""
+    g (1 - t^2), where g - g t^2 takes four; the product lands in the capped logits'
+    buffer, which is the caller's gradient buffer where the logits were written over (its
+    copy into it is then a copy onto itself, which PyTorch and NumPy skip)."""
     if not inplace:
         t = capped * (1.0 / softcap)
         return g * (1.0 - t * t)
     if folded:
         capped *= capped
         capped -= softcap * softcap
-        g *= capped
-        return g
+        capped *= g
+        return capped
     capped *= 1.0 / softcap
     capped *= capped
     capped *= g
