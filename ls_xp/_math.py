@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from ls_xp._numeric import is_zero, log_plus_one, weighted, xlogx
+from ls_xp import _softcap
+from ls_xp._numeric import is_zero, log_plus_one, scale_shift, weighted, xlogx
 from ls_xp._picks import Picks, at, first_max, put_per_row, take_class, take_per_row
 from ls_xp._plan import device_of
 
@@ -63,18 +64,6 @@ def smoothing_coefficients(
         ok = num_allowed > 1
         b = xp.where(ok, eps / xp.where(ok, num_allowed - 1.0, 1.0), math.nan)
     return 1.0 - eps - b, b
-
-
-def _scale_shift(xp: ModuleType, a: Array, scale: Array, shift: Array | None, *, inplace: bool) -> Array:
-    """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
-    two block-sized temporaries. The standard's in-place operators write in place where
-    the library can (and rebind where it cannot, e.g. JAX)."""
-    if not inplace:
-        return a * scale if shift is None else a * scale - shift
-    a *= scale
-    if shift is not None:
-        a -= shift
-    return a
 
 
 def _log_softmax_parts(
@@ -198,10 +187,10 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         s_w = xp.sum(cw, axis=-1, keepdims=True)
     inplace = sp.inplace and not pk.dense
     # 1. softcapping (Gemma 2): every later step sees the capped logits
-    fold = False  # the gradient rows come as -g / softcap^2 (see _softcap_chain)
+    fold = False  # the gradient rows come as -g / softcap^2 (see _softcap.chain)
     if sp.softcap is not None:
         own = inplace and (sp.logits_are_ours or sp.guard_rows)
-        x = _softcapped(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap)
+        x = _softcap.capped(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap, plan=sp.plan)
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
             k = -1.0 / sp.softcap**2
@@ -228,54 +217,13 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     # 4. the z-loss rows, the statistics, and the softcap's chain rule 1 - tanh^2
     g = out.grad
     if sp.softcap is not None and g is not None:  # (x, the capped logits, is ours: made above)
-        g = _softcap_chain(xp, g, x, sp.softcap, inplace=inplace, folded=fold)
+        g = _softcap.chain(xp, g, x, sp.softcap, inplace=inplace, folded=fold)
     return out._replace(
         grad=g,
         z_row=None if not sp.z_loss or lse is None else z * (lse * lse),
         lse=lse,
         hit=None if target is None or not sp.want_aux else xp.astype(ls.top == target, sp.dtype),
     )
-
-
-def _softcapped(xp: ModuleType, x: Array, softcap: float, *, inplace: bool, own: bool, scaled: bool) -> Array:
-    """c tanh(x / c), c the softcap; ``scaled``: ``x`` is x / c already. x (1/c), within an
-    ulp of x / c, is a product (a third of a quotient's time per element on a CPU). Where
-    the logits are ``own`` (they may be written over), the capped logits replace them:
-    tanh's fresh array is freed at once, and the block keeps as many temporaries as without
-    the softcap."""
-    u = x if scaled else _scale_shift(xp, x, 1.0 / softcap, None, inplace=own)
-    capped = _scale_shift(xp, xp.tanh(u), softcap, None, inplace=inplace)
-    if not own:
-        return capped
-    x[...] = capped
-    return x
-
-
-def _softcap_chain(
-    xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool, folded: bool
-) -> Array:
-    """d/dx of c tanh(x / c) is 1 - tanh^2 = 1 - (capped / c)^2, c the softcap.
-
-    In place (``g`` and ``capped`` are ours, and the capped logits are not read again) the
-    factor is made in the capped logits' buffer, so that the chain rule adds no block
-    temporary. ``folded``: the row factors were multiplied by -1 / c^2, so ``g``
-    holds -g / c^2 and three passes make the product, as c^2 (t^2 - 1) (-g / c^2) =
-    g (1 - t^2), where g - g t^2 takes four; the product lands in the capped logits'
-    buffer, which is the caller's gradient buffer where the logits were written over (its
-    copy into it is then a copy onto itself, which PyTorch and NumPy skip)."""
-    if not inplace:
-        t = capped * (1.0 / softcap)
-        return g * (1.0 - t * t)
-    if folded:
-        capped *= capped
-        capped -= softcap * softcap
-        capped *= g
-        return capped
-    capped *= 1.0 / softcap
-    capped *= capped
-    capped *= g
-    g -= capped
-    return g
 
 
 @dataclass(frozen=True)
@@ -348,7 +296,7 @@ def _soft_block(
             top_val = ((q_w - wq_top) * r if z_coef is None else (q_w - wq_top) * r + z_coef) - p_coef * (
                 ls.s / norm
             )
-            g = _scale_shift(xp, ls.e, p_coef / norm, wq * r, inplace=sp.inplace and not pk.dense)
+            g = scale_shift(xp, ls.e, p_coef / norm, wq * r, inplace=sp.inplace and not pk.dense)
             g = put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
     if sp.want_target_grad:
         # d q_c / d t_c = 1 - eps ("uniform") or 1 - eps - eps/(K-1) ("others")
@@ -493,7 +441,7 @@ def _index_grad(
     scale = q_w_r / (1.0 + ls.s)  # Q r / (1 + s): p_c = e_c / (1 + s)
     # e Q r / (1 + s) - off, in place in e where e is ours; e is 0 at the maximum, set
     # exactly below
-    g = _scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
+    g = scale_shift(xp, ls.e, scale, off, inplace=sp.inplace and not pk.dense)
     g = put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
     if c.smoothing:
         if cw is None:
@@ -511,8 +459,3 @@ def _index_grad(
         q_top_r = q_top_r + z_coef
     top_val = q_top_r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly
     return put_per_row(xp, g, ls.top_at, top_val, add=False, inplace=sp.inplace)
-
-
-# --------------------------------------------------------------------------------------
-# target builders (the only functions that materialise targets)
-# --------------------------------------------------------------------------------------

@@ -80,3 +80,15 @@ def move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
 # --------------------------------------------------------------------------------------
 # argument handling
 # --------------------------------------------------------------------------------------
+
+
+def scale_shift(xp: ModuleType, a: Array, scale: Any, shift: Array | None, *, inplace: bool) -> Array:
+    """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
+    two block-sized temporaries. The standard's in-place operators write in place where
+    the library can (and rebind where it cannot, e.g. JAX)."""
+    if not inplace:
+        return a * scale if shift is None else a * scale - shift
+    a *= scale
+    if shift is not None:
+        a -= shift
+    return a

@@ -149,3 +149,24 @@ def test_the_modules_take_the_options_keyword_only():
     torch.testing.assert_close(fused, want)
     with pytest.raises(ValueError, match="z_loss must be a finite number >= 0"):
         CrossEntropyLoss(z_loss=-1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tanh_by_expm1_is_tanh_to_a_few_ulps(dtype):
+    """PyTorch's CPU plan caps the logits with tanh(u) = expm1(2u) / (expm1(2u) + 2): against
+    mpmath's tanh, within 4 ulps relative from tiny to saturated u, and exact at the ends."""
+    mpmath = pytest.importorskip("mpmath", reason="mpmath is not installed")
+    import array_api_compat.torch as xp
+
+    from ls_xp._softcap import tanh_by_expm1
+
+    rng = np.random.default_rng(0)
+    mags = np.concatenate([10.0 ** rng.uniform(-30, 2.5, 2000), [0.0, 1e-300, 19.9, 20.0, 20.1, 1e30]])
+    u = np.concatenate([mags, -mags]).astype(dtype)
+    got = tanh_by_expm1(xp, torch.from_numpy(u.copy())).numpy()
+    want = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in u]).astype(dtype)
+    ulp = np.spacing(np.abs(want).astype(dtype))
+    assert np.all(np.abs(got - want) <= 4 * np.maximum(ulp, np.finfo(dtype).smallest_subnormal))
+    ends = tanh_by_expm1(xp, torch.tensor([np.inf, -np.inf, np.nan, -0.0], dtype=getattr(torch, dtype)))
+    assert ends[:2].tolist() == [1.0, -1.0] and bool(torch.isnan(ends[2]))
+    assert ends[3].item() == 0.0 and bool(torch.signbit(ends[3]))
