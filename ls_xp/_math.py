@@ -190,7 +190,7 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     fold = False  # the gradient rows come as -g / softcap^2 (see _softcap.chain)
     if sp.softcap is not None:
         own = inplace and (sp.logits_are_ours or sp.guard_rows)
-        x = _softcap.capped(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap, plan=sp.plan)
+        x = _softcap.cap(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap, plan=sp.plan)
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
             k = -1.0 / sp.softcap**2

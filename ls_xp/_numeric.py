@@ -77,11 +77,6 @@ def move_axis(xp: ModuleType, a: Array, source: int, destination: int) -> Array:
     return xp.moveaxis(a, source, destination)
 
 
-# --------------------------------------------------------------------------------------
-# argument handling
-# --------------------------------------------------------------------------------------
-
-
 def scale_shift(xp: ModuleType, a: Array, scale: Any, shift: Array | None, *, inplace: bool) -> Array:
     """``a * scale - shift``; in place in ``a`` if ``inplace`` (``a`` is ours), which saves
     two block-sized temporaries. The standard's in-place operators write in place where

@@ -20,7 +20,7 @@ Array = Any
 _SATURATED = 20.0
 
 
-def capped(
+def cap(
     xp: ModuleType, x: Array, softcap: float, *, inplace: bool, own: bool, scaled: bool, plan: str
 ) -> Array:
     """c tanh(x / c), c the softcap; ``scaled``: ``x`` is x / c already. x (1/c), within an
