@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ls_xp
+from tests._profiling import aten_events, top_level
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
@@ -23,8 +24,8 @@ def _profile(fn):
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    events = aten_events(prof)
+    top = top_level(events)
     return len(top), sum(e.name in SYNC_OPS for e in events)
 
 

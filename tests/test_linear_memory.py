@@ -13,6 +13,7 @@ import pytest
 import ls_xp
 from ls_xp import _linear, _plan
 from ls_xp import _validate as v
+from tests._profiling import aten_events, top_level
 
 OPTS = {"z_loss": 1e-4, "softcap": 30.0, "return_aux": True}
 
@@ -131,15 +132,10 @@ def test_softcap_adds_ten_passes_over_the_logits(monkeypatch: pytest.MonkeyPatch
         run()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             run()
-        top = [e for e in prof.events() if e.name.startswith("aten::") and not _under_aten(e)]
+        top = top_level(aten_events(prof))
         return sum(any(list(s) == [n, k] for s in e.input_shapes) for e in top if e.name != "aten::mm")
 
     assert passes(softcap=30.0) == passes() + 10
-
-
-def _under_aten(event: object) -> bool:
-    parent = getattr(event, "cpu_parent", None)
-    return parent is not None and parent.name.startswith("aten::")
 
 
 def test_softcaps_chain_rule_lands_in_the_capped_logits() -> None:

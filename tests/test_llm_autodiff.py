@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ls_xp
+from tests._profiling import aten_events, top_level
 
 ALL = dict(z_loss=1e-2, softcap=3.0, shift=1, ignore_index=0, convention="others")
 
@@ -95,8 +96,8 @@ def test_accelerator_plan_with_every_option_reads_nothing_back_and_its_count_hol
         run()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run()
-        events = [e for e in prof.events() if e.name.startswith("aten::")]
-        top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+        events = aten_events(prof)
+        top = top_level(events)
         return len(top), sum(e.name in ("aten::_local_scalar_dense", "aten::item") for e in events)
 
     (ops_small, syncs_small), (ops_large, syncs_large) = counts(4), counts(64)

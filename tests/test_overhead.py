@@ -15,6 +15,7 @@ from array_api_compat import array_namespace
 
 import ls_xp
 from ls_xp import _options, _plan
+from tests._profiling import aten_events, top_level
 
 
 def test_the_options_of_a_repeated_call_are_built_once():
@@ -127,8 +128,8 @@ def test_the_cpu_plans_operations_per_call(monkeypatch):
     run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    events = aten_events(prof)
+    top = top_level(events)
     syncs = sum(e.name == "aten::_local_scalar_dense" for e in events)
     assert 15 < len(top) <= 47
     assert syncs <= 3

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import ls_xp
+from tests._profiling import aten_events, top_level
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 from ls_xp.torch import _fused  # noqa: E402
@@ -41,8 +42,8 @@ def _profile(run) -> tuple[int, int]:
     run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    events = aten_events(prof)
+    top = top_level(events)
     return len(top), sum(e.name in SYNC_OPS for e in events)
 
 
