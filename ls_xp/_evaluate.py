@@ -57,9 +57,10 @@ class Request:
     # first operation over the classes, and saves the logits and per-row statistics for
     # the backward pass rather than a finished N x K gradient (:mod:`ls_xp.torch._traced`)
     grad_scale: Array | None = None
-    # the logits come divided by the softcap: the fused loss divides its hidden rows and
-    # bias instead (D + 1 products a row, not V), and the core skips its first step, x / c
-    logits_over_softcap: bool = False
+    # the logits come multiplied by this (with a softcap: the fused loss scales its hidden
+    # rows and bias by the cap's argument factor, D + 1 products a row, not V, and the
+    # core skips its first step, x / c; see _softcap.argument_scale)
+    logits_scale: float = 1.0
 
 
 class Aux(NamedTuple):
@@ -137,7 +138,7 @@ def evaluate(
         want_target_grad=req.target_grad, want_eps_grad=req.smoothing_grad, guard_rows=False,
         inplace=req.inplace, logits_are_ours=False, workers=opts.workers, plan=plan, read=read,
         z_loss=opts.z_loss, softcap=opts.softcap, want_aux=opts.return_aux, z_scale=req.z_scale,
-        over_softcap=req.logits_over_softcap and opts.softcap is not None,
+        logits_scale=req.logits_scale if opts.softcap is not None else 1.0,
     )  # fmt: skip
     v.check_num_classes(shape[ax], sp.convention, "number of classes (logits.shape[axis])")
     target, weight, where = v.inputs_like(xp, dev, target, weight, where)

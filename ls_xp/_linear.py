@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 from array_api_compat import array_namespace, is_writeable_array
 
-from ls_xp import _plan
+from ls_xp import _plan, _softcap
 from ls_xp import _validate as v
 from ls_xp._evaluate import Aux, Request, class_indices, evaluate, total_weight
 from ls_xp._numeric import astype, safe_divide
@@ -219,15 +219,18 @@ def block(
     V x D temporary per block would be as large as the accumulator itself)."""
     xp = p.xp
     hidden = astype(xp, hidden, p.classifier.dtype)
-    # 1. the block's logits, in the head's dtype. A softcap c starts with x / c, and
-    #    (h / c) W^T + b / c is that quotient in D + 1 products a row instead of V (not in
-    #    half precision: h / c rounded to it would add its rounding to every logit)
+    # 1. the block's logits, in the head's dtype. A softcap c starts with x / c (2x / c on
+    #    PyTorch's CPU route), and (h / c) W^T + b / c is that product in D + 1 products a
+    #    row instead of V (not in half precision: h / c rounded to it would add its
+    #    rounding to every logit)
     o = p.opts
-    over = o.softcap is not None and _itemsize(xp, p.classifier.dtype) >= 4
-    scale = 1.0 if o.softcap is None else 1.0 / o.softcap
-    logits = (hidden * scale if over else hidden) @ xp.matrix_transpose(p.classifier)
+    scale = 1.0
+    if o.softcap is not None and _itemsize(xp, p.classifier.dtype) >= 4:
+        torch_route = _softcap.by_torch(xp, p.plan, _plan.is_concrete(hidden))
+        scale = _softcap.argument_scale(o.softcap, torch_route)
+    logits = (hidden * scale if scale != 1.0 else hidden) @ xp.matrix_transpose(p.classifier)
     if p.bias is not None:
-        logits = logits + (p.bias * scale if over else p.bias)
+        logits = logits + (p.bias * scale if scale != 1.0 else p.bias)
     # 2. its rows summed (finish applies the "mean" factor); the gradient may replace the
     #    block's logits, which are ours, and stays in float32 where dW is summed in float32
     #    The labels were checked in setup; where values may be read (the CPU plan) the core
@@ -243,7 +246,7 @@ def block(
     z_scale = 1.0 if p.reduction != "mean" or p.total is p.count else safe_divide(p.xp, p.total, p.count, 0.0)
     req = Request(
         grad=want_grad, smoothing_grad=want_smoothing_grad, loss_in_compute_dtype=True,
-        grad_in_compute_dtype=wide, z_scale=z_scale, logits_over_softcap=over,
+        grad_in_compute_dtype=wide, z_scale=z_scale, logits_scale=scale,
     )  # fmt: skip
     res = evaluate(logits, target, p.eps, p.weight, None, opts, req)
     assert res.loss is not None

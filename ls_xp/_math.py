@@ -112,7 +112,7 @@ class Spec(NamedTuple):
     softcap: float | None = None  # logits become softcap * tanh(x / softcap) first
     want_aux: bool = False  # the per-row lse and first-argmax hits
     z_scale: float | Array = 1.0  # a scale of z_loss (see Request.z_scale)
-    over_softcap: bool = False  # the logits come as x / softcap (Request.logits_over_softcap)
+    logits_scale: float = 1.0  # the logits come multiplied by it (Request.logits_scale)
 
 
 class BlockOut(NamedTuple):
@@ -190,7 +190,7 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
     fold = False  # the gradient rows come as -g / softcap^2 (see _softcap.chain)
     if sp.softcap is not None:
         own = inplace and (sp.logits_are_ours or sp.guard_rows)
-        x = _softcap.cap(xp, x, sp.softcap, inplace=inplace, own=own, scaled=sp.over_softcap, plan=sp.plan)
+        x = _softcap.cap(xp, x, sp.softcap, inplace=inplace, own=own, x_scale=sp.logits_scale, plan=sp.plan)
         fold = inplace and sp.want_grad and not sp.want_target_grad
         if fold:
             k = -1.0 / sp.softcap**2

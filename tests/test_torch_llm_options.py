@@ -152,21 +152,24 @@ def test_the_modules_take_the_options_keyword_only():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tanh_by_expm1_is_tanh_to_a_few_ulps(dtype):
-    """PyTorch's CPU plan caps the logits with tanh(u) = expm1(2u) / (expm1(2u) + 2): against
-    mpmath's tanh, within 4 ulps relative from tiny to saturated u, and exact at the ends."""
+def test_torchs_cpu_cap_is_within_two_ulps_of_the_cap(dtype):
+    """PyTorch's CPU plan caps the logits as 2c sigmoid(2x / c) - c, in their buffer: against
+    mpmath's c tanh(x / c), within 2 ulps of c absolute from tiny to saturated logits, and
+    exact at the ends (-c and c where the cap saturates, 0 at 0, NaN at NaN)."""
     mpmath = pytest.importorskip("mpmath", reason="mpmath is not installed")
     import array_api_compat.torch as xp
 
-    from ls_xp._softcap import tanh_by_expm1
+    from ls_xp._softcap import cap
 
+    c = 30.0
     rng = np.random.default_rng(0)
-    mags = np.concatenate([10.0 ** rng.uniform(-30, 2.5, 2000), [0.0, 1e-300, 19.9, 20.0, 20.1, 1e30]])
-    u = np.concatenate([mags, -mags]).astype(dtype)
-    got = tanh_by_expm1(xp, torch.from_numpy(u.copy())).numpy()
-    want = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in u]).astype(dtype)
-    ulp = np.spacing(np.abs(want).astype(dtype))
-    assert np.all(np.abs(got - want) <= 4 * np.maximum(ulp, np.finfo(dtype).smallest_subnormal))
-    ends = tanh_by_expm1(xp, torch.tensor([np.inf, -np.inf, np.nan, -0.0], dtype=getattr(torch, dtype)))
-    assert ends[:2].tolist() == [1.0, -1.0] and bool(torch.isnan(ends[2]))
-    assert ends[3].item() == 0.0 and bool(torch.signbit(ends[3]))
+    mags = np.concatenate([10.0 ** rng.uniform(-30, 4, 2000), [0.0, 1e-300, 300.0, 1e30]])
+    x = np.concatenate([mags, -mags]).astype(dtype)
+    buf = torch.from_numpy(x.copy())
+    got = cap(xp, buf, c, inplace=True, own=True, x_scale=1.0, plan="cpu")
+    assert got is buf
+    want = np.array([float(c * mpmath.tanh(mpmath.mpf(float(v)) / c)) for v in x])
+    assert np.max(np.abs(got.numpy().astype(np.float64) - want)) <= 2 * c * np.finfo(dtype).eps
+    ends = torch.tensor([np.inf, -np.inf, 1e4, -1e4, 0.0, np.nan], dtype=getattr(torch, dtype))
+    ends = cap(xp, ends, c, inplace=True, own=True, x_scale=1.0, plan="cpu")
+    assert ends[:5].tolist() == [c, -c, c, -c, 0.0] and bool(torch.isnan(ends[5]))
