@@ -65,5 +65,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         main(args.steps, args.backend)
+        # every rank is done before any tears its group down: a rank that exits while the
+        # other's gloo threads still talk to it can abort that one at its exit
+        dist.barrier()
     finally:
         dist.destroy_process_group()
