@@ -152,9 +152,10 @@ def test_the_modules_take_the_options_keyword_only():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_torchs_cpu_cap_is_within_two_ulps_of_the_cap(dtype):
+def test_torchs_cpu_cap_is_within_three_eps_c_of_the_cap(dtype):
     """PyTorch's CPU plan caps the logits as 2c sigmoid(2x / c) - c, in their buffer: against
-    mpmath's c tanh(x / c), within 2 ulps of c absolute from tiny to saturated logits, and
+    mpmath's c tanh(x / c), within 3 eps c absolute (eps the machine epsilon) from tiny to
+    saturated logits, and
     exact at the ends (-c and c where the cap saturates, 0 at 0, NaN at NaN)."""
     mpmath = pytest.importorskip("mpmath", reason="mpmath is not installed")
     import array_api_compat.torch as xp
@@ -163,13 +164,13 @@ def test_torchs_cpu_cap_is_within_two_ulps_of_the_cap(dtype):
 
     c = 30.0
     rng = np.random.default_rng(0)
-    mags = np.concatenate([10.0 ** rng.uniform(-30, 4, 2000), [0.0, 1e-300, 300.0, 1e30]])
+    mags = np.concatenate([10.0 ** rng.uniform(-30, 4, 2000), rng.uniform(0, 60, 3000), [0.0, 1e-300, 1e30]])
     x = np.concatenate([mags, -mags]).astype(dtype)
     buf = torch.from_numpy(x.copy())
     got = cap(xp, buf, c, inplace=True, own=True, x_scale=1.0, plan="cpu")
     assert got is buf
     want = np.array([float(c * mpmath.tanh(mpmath.mpf(float(v)) / c)) for v in x])
-    assert np.max(np.abs(got.numpy().astype(np.float64) - want)) <= 2 * c * np.finfo(dtype).eps
+    assert np.max(np.abs(got.numpy().astype(np.float64) - want)) <= 3 * c * np.finfo(dtype).eps
     ends = torch.tensor([np.inf, -np.inf, 1e4, -1e4, 0.0, np.nan], dtype=getattr(torch, dtype))
     ends = cap(xp, ends, c, inplace=True, own=True, x_scale=1.0, plan="cpu")
     assert ends[:5].tolist() == [c, -c, c, -c, 0.0] and bool(torch.isnan(ends[5]))
