@@ -72,11 +72,10 @@ def _cap_in_place(x: Array, softcap: float, k: float, own: bool) -> Array:
     rounded at that scale. The ends are exact: sigmoid saturates to 0 and 1, so the cap
     gives -c and c there (and the chain rule's factor is exactly 0); 0 gives 0; NaN stays
     NaN."""
-    if not own:  # (the caller's logits: one fresh array)
-        x = x * k if k != 1.0 else x.clone()
-    elif k != 1.0:
-        x.mul_(k)
-    return x.sigmoid_().mul_(2.0 * softcap).sub_(softcap)
+    if k != 1.0:  # (where the logits are the caller's, the product is the one fresh array)
+        x, own = (x.mul_(k) if own else x * k), True
+    s = x.sigmoid_() if own else x.sigmoid()
+    return s.mul_(2.0 * softcap).sub_(softcap)
 
 
 def chain(xp: ModuleType, g: Array, capped: Array, softcap: float, *, inplace: bool, folded: bool) -> Array:

@@ -171,6 +171,12 @@ def test_torchs_cpu_cap_is_within_three_eps_c_of_the_cap(dtype):
     assert got is buf
     want = np.array([float(c * mpmath.tanh(mpmath.mpf(float(v)) / c)) for v in x])
     assert np.max(np.abs(got.numpy().astype(np.float64) - want)) <= 3 * c * np.finfo(dtype).eps
+    for c_other in (2.0, c):  # the caller's logits (at c = 2 the argument 2x / c is x itself)
+        x0 = torch.from_numpy(x.copy())
+        out = cap(xp, x0, c_other, inplace=True, own=False, x_scale=1.0, plan="cpu")
+        assert out is not x0 and torch.equal(x0, torch.from_numpy(x))
+        want_other = cap(xp, x0.clone(), c_other, inplace=True, own=True, x_scale=1.0, plan="cpu")
+        torch.testing.assert_close(out, want_other, rtol=0, atol=0, equal_nan=True)
     ends = torch.tensor([np.inf, -np.inf, 1e4, -1e4, 0.0, np.nan], dtype=getattr(torch, dtype))
     ends = cap(xp, ends, c, inplace=True, own=True, x_scale=1.0, plan="cpu")
     assert ends[:5].tolist() == [c, -c, c, -c, 0.0] and bool(torch.isnan(ends[5]))
