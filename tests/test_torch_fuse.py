@@ -110,16 +110,81 @@ def test_compiled_inference_step_is_one_graph_for_every_batch_size(case):
     assert counter.frame_count == first
 
 
+def _aot_graphs(fn, *args) -> tuple[str, list[str]]:
+    """Dynamo's graph and the aten graphs AOTAutograd makes of it (forward, backward),
+    as code, for one call and its backward."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    dynamo_code: list[str] = []
+    aot_code: list[str] = []
+
+    def keep(gm, _inputs):
+        aot_code.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    aot = aot_autograd(fw_compiler=keep, bw_compiler=keep)
+
+    def backend(gm, inputs):
+        dynamo_code.append(gm.code)
+        return aot(gm, inputs)
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args).backward()
+    return "\n".join(dynamo_code), aot_code
+
+
 def test_no_graph_break_and_the_formula_is_in_the_graph():
-    """explain: zero breaks; the graph holds the traced autograd Function, no ls_xp operator."""
+    """Zero breaks; dynamo's graph holds the loss as one CompositeImplicitAutograd operator,
+    which AOTAutograd decomposes: the forward and backward graphs the compiler fuses are
+    the formula in aten operations, with no ls_xp operator left."""
+    from ls_xp.torch._traced_op import NAMESPACE
+
     lin = torch.nn.Linear(16, K)
     x, y, _ = _batch(8, {}, torch.Generator().manual_seed(3))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(lambda a, b: ls_xp.cross_entropy(lin(a), b, 0.1))(x, y)
     assert explained.graph_break_count == 0, explained.break_reasons
-    code = "\n".join(gm.code for gm in explained.graphs)
-    assert "autograd_function_apply" in code
-    assert "ls_xp" not in code
+    dynamo_code, (forward, backward) = _aot_graphs(lambda a, b: ls_xp.cross_entropy(lin(a), b, 0.1), x, y)
+    assert f"{NAMESPACE}.label_smoothed_ce" in dynamo_code
+    for code in (forward, backward):
+        assert "ls_xp" not in code
+        assert "torch.ops.aten.exp" in code  # (the backward recomputes the softmax)
+    assert "torch.ops.aten.amax" in forward
+
+
+def test_the_compiled_training_step_is_cacheable():
+    """AOTAutograd's cache takes the compiled step (a traced autograd.Function would make
+    it bypass the cache, and every fresh process would compile the step again)."""
+    from torch._dynamo.utils import counters
+
+    lin = torch.nn.Linear(16, K)
+    x, y, _ = _batch(8, {}, torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(lambda a, b: ls_xp.cross_entropy(lin(a), b, 0.1), backend="inductor")
+    step(x, y).backward()
+    aot = dict(counters["aot_autograd"])
+    assert aot.get("autograd_cache_bypass", 0) == 0, aot
+    assert aot.get("autograd_cache_hit", 0) + aot.get("autograd_cache_saved", 0) == 1, aot
+
+
+def test_the_operators_name_follows_the_sources():
+    """The operator's namespace is a fingerprint of the sources and versions behind it, so
+    a cached graph of another formula is never reused."""
+    import pathlib
+    import tempfile
+
+    from ls_xp.torch._traced_op import fingerprint
+
+    with tempfile.TemporaryDirectory() as d:
+        root = pathlib.Path(d)
+        (root / "a.py").write_text("x = 1\n")
+        first = fingerprint(root, ("lib==1",))
+        assert fingerprint(root, ("lib==1",)) == first
+        assert fingerprint(root, ("lib==2",)) != first
+        (root / "a.py").write_text("x = 2\n")
+        assert fingerprint(root, ("lib==1",)) != first
 
 
 def test_inductor_training_step_equals_eager_without_recompiles():

@@ -16,8 +16,10 @@ second derivatives are exact as well. Forward mode (``torch.func.jvp``, ``jacfwd
 ``hessian``) contracts the same analytic gradient with the tangents.
 
 Inside ``torch.compile`` and ``torch.export`` the loss is the traced formula, with no
-graph break, and its backward an ``autograd.Function`` that dynamo traces too, written so
-that the compiled step keeps the logits (not a finished gradient) for the backward; the
+graph break, and its backward an ``autograd.Function``, written so that the compiled step
+keeps the logits (not a finished gradient) for the backward; under ``torch.compile`` the
+commonest losses reach dynamo as one CompositeImplicitAutograd operator that AOTAutograd
+decomposes into that formula, so that its cache takes the compiled step; the
 fused linear loss is the custom operator ``ls_xp::linear_ce`` (``torch.library.custom_op``
 with a shape-only fake implementation and a registered backward), which exported
 programs carry.
@@ -31,7 +33,8 @@ rounded through their dtype.
 A gradient with respect to ``weight`` is not implemented (PyTorch raises there too).
 
 Layout: ``_modules`` (the public classes), ``_adapter`` (the hooks the core API calls),
-``_autograd`` (the eager Functions), ``_traced`` (the loss inside compilers), ``_ops``
+``_autograd`` (the eager Functions), ``_traced`` (the loss inside compilers) and
+``_traced_op`` (its CompositeImplicitAutograd operator under ``torch.compile``), ``_ops``
 (the custom operators), ``_calls`` (the core as the adapter calls it, and PyTorch's block
 sizes), ``_fused`` (the accelerator plan's compiled block, ``LS_XP_COMPILE``).
 """

@@ -3,8 +3,9 @@
 Eagerly, a loss whose inputs require grad is an ``autograd.Function`` with the analytic
 gradient as its backward (:mod:`ls_xp.torch._autograd`); inside ``torch.compile`` and
 ``torch.export`` it is the same core traced as one block without value reads, its backward
-an ``autograd.Function`` that dynamo traces too (:mod:`ls_xp.torch._traced`), so the
-compiler fuses the formula; the fused linear loss stays a custom operator there
+an ``autograd.Function`` (:mod:`ls_xp.torch._traced`), behind a CompositeImplicitAutograd
+operator where that keeps the compiled graph cacheable (:mod:`ls_xp.torch._traced_op`),
+so the compiler fuses the formula; the fused linear loss stays a custom operator there
 (:mod:`ls_xp.torch._ops`: its row blocks are what keeps the logits out of memory). Without
 gradients it is one call of the core. The block sizes are PyTorch's (:func:`blocked`).
 """
@@ -24,7 +25,7 @@ from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_gr
 from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
 from ls_xp.torch._dtensor import is_dtensor
 from ls_xp.torch._ops import compiled_linear_loss
-from ls_xp.torch._traced import traced_loss
+from ls_xp.torch._traced_op import traced_loss
 
 Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
@@ -62,7 +63,7 @@ class TorchAdapter(Adapter):
         kl: bool,
     ) -> Any:
         """The loss (``(loss, aux)`` with ``opts.return_aux``): an autograd Function where an
-        input requires grad, the traced formula inside compilers (:mod:`ls_xp.torch._traced`),
+        input requires grad, the traced formula inside compilers (:mod:`ls_xp.torch._traced_op`),
         the compiled training step where ``LS_XP_COMPILE`` asks for it, else the core."""
         if is_dtensor(logits):  # sharded logits: the vocabulary-parallel loss (ls_xp.torch._dtensor)
             from ls_xp.torch._dtensor import dtensor_loss

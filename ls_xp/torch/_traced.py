@@ -3,7 +3,10 @@
 The compiler sees the formula itself, so Inductor fuses the loss and its gradient with
 the user's graph: the same core (:func:`ls_xp._evaluate.evaluate`) runs on the traced
 tensors as one block, without reading a value back (``check_values=False``), and the
-analytic backward is an ``autograd.Function`` that dynamo traces too.
+analytic backward is an ``autograd.Function`` that dynamo traces too. Under
+``torch.compile`` the commonest losses reach :class:`_TracedRecomputeCE` through one
+CompositeImplicitAutograd operator instead (:mod:`ls_xp.torch._traced_op`), which keeps
+the compiled graph cacheable.
 """
 
 from __future__ import annotations
