@@ -169,6 +169,21 @@ def test_the_compiled_training_step_is_cacheable():
     assert aot.get("autograd_cache_hit", 0) + aot.get("autograd_cache_saved", 0) == 1, aot
 
 
+def test_the_operators_graph_is_a_function_of_its_arguments(monkeypatch):
+    """A cache keys the operator by its arguments (and the global state it records), so the
+    graph it decomposes into must not depend on anything else ls_xp reads, such as the
+    forced plan in the environment."""
+    lin = torch.nn.Linear(16, K)
+    x, y, _ = _batch(8, {}, torch.Generator().manual_seed(6))
+    graphs = []
+    for forced in ("cpu", "accelerator"):
+        monkeypatch.setenv("LS_XP_PLAN", forced)
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            graphs.append(_aot_graphs(lambda a, b: ls_xp.cross_entropy(lin(a), b, 0.1, z_loss=1e-3), x, y)[1])
+    assert len(graphs[0]) == 2
+    assert graphs[0] == graphs[1]
+
+
 def test_the_operators_name_follows_the_sources():
     """The operator's namespace is a fingerprint of the sources and versions behind it, so
     a cached graph of another formula is never reused."""
@@ -185,6 +200,9 @@ def test_the_operators_name_follows_the_sources():
         assert fingerprint(root, ("lib==2",)) != first
         (root / "a.py").write_text("x = 2\n")
         assert fingerprint(root, ("lib==1",)) != first
+        (root / "a.py").unlink()
+        (root / "a.pyc").write_bytes(b"compiled")
+        assert fingerprint(root, ("lib==1",)) != fingerprint(root / "empty", ("lib==1",))
 
 
 def test_inductor_training_step_equals_eager_without_recompiles():

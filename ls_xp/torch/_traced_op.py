@@ -41,9 +41,10 @@ _TRACED_WITH = ("array-api-compat", "array-api-extra")
 
 
 def fingerprint(root: Path, versions: tuple[str, ...]) -> str:
-    """16 hex digits that change with any source file under ``root`` or any of ``versions``."""
+    """16 hex digits that change with any source file under ``root`` (its bytecode where an
+    installation ships no sources) or any of ``versions``."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(root.rglob("*.py")) or sorted(root.rglob("*.pyc")):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     for version in versions:
