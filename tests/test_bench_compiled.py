@@ -63,3 +63,32 @@ def test_the_bench_measures_only_the_implementations_asked_for():
     ]
     step = workloads.setup("torch", "ls_xp-options", (16, 8, 32), "float32", "cpu")
     assert step().ndim == 0
+
+
+def test_the_compiled_workload_reports_inductors_kernels():
+    """The warm-up of a compiled step counts the kernels Inductor generated for it (one
+    for the forward, one for the backward: the loss fuses into one each), also when the
+    compiled code comes from Inductor's cache (the second count)."""
+    torch = pytest.importorskip("torch")
+    counts = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        step = workloads.setup("torch", "torch-compiled-ls_xp", (16, 8, 32), "float32", "cpu")
+        loss, kernels = bench._warm_up_counting_kernels(step)
+        assert loss.ndim == 0
+        counts.append(kernels)
+    assert counts == [2, 2]
+
+
+def test_the_report_shows_the_kernels_of_both_sides():
+    def run(impl: str, kernels: int) -> dict:
+        return {
+            "backend": "torch", "impl": impl, "size": "compiled", "time_s": 1.0, "peak_bytes": 1,
+            "ops": 4, "kernels": kernels,
+        }  # fmt: skip
+
+    runs = [run("torch-compiled-ls_xp", 2), run("torch-compiled-native", 3)]
+    (r,) = bench.ratios(runs)
+    assert (r["kernels"], r["peer_kernels"]) == (2, 3)
+    report = {"machine": "m", "settings": {}, "results": [], "ratios": [r]}
+    assert "kernels 2 vs 3" in bench.format_report(report)

@@ -17,7 +17,8 @@ for transparent huge pages, as NumPy does for large arrays, since one fault then
 and for PyTorch the operations and host synchronisations of one call (PyTorch profiler:
 top-level ``aten::`` operations, and ``_local_scalar_dense`` events, one per value read
 back by ``bool()``, ``.item()`` or ``float()``; on a GPU each operation is at least one
-kernel launch and each read a synchronisation).
+kernel launch and each read a synchronisation); for the compiled workloads, the kernels
+Inductor generated for the step's forward and backward graphs (from its output code).
 ``busy=True`` keeps one core busy with a spinning process while measuring.
 
 The workloads and peers are in :mod:`ls_xp._tools.workloads`.
@@ -29,6 +30,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -133,13 +135,32 @@ def _torch_ops(run: Callable[[], Any]) -> dict[str, int]:
     return {"ops": len(top), "syncs": sum(e.name == SYNC_EVENT for e in events)}
 
 
+# a kernel Inductor generates: a line of its output code that compiles one (C++, Triton)
+_KERNEL_DEF = re.compile(r"^\w+ = async_compile\.(?:cpp_pybinding|cpp|triton|halide)\(", re.M)
+
+
+def _warm_up_counting_kernels(run: Callable[[], Any]) -> tuple[Any, int]:
+    """The warm-up call of a compiled workload, and the kernels Inductor generated for its
+    forward and backward graphs (each launched once per call, besides the extern matmuls).
+    The output code is captured also where it comes from Inductor's cache."""
+    from torch._inductor.utils import run_and_get_code
+
+    out, codes = run_and_get_code(run)
+    return out, sum(len(_KERNEL_DEF.findall(code)) for code in codes)
+
+
 def _worker(
     backend: str, impl: str, dims: tuple[int, ...], repeats: int, dtype: str, device: str
 ) -> dict[str, Any]:
     run = setup(backend, impl, tuple(dims), dtype, device)
     baseline = _rss_bytes()  # the inputs exist; nothing has run yet
     device_memory = _DeviceMemory(backend, device)
-    out = run()  # warm-up: compilation, first-touch allocations (counted in the peak)
+    # warm-up: compilation, first-touch allocations (counted in the peak)
+    kernels = None
+    if impl.startswith("torch-compiled-"):
+        out, kernels = _warm_up_counting_kernels(run)
+    else:
+        out = run()
     del out
     peak = _peak_rss_bytes()
     # the step's own peak: over the timed calls, above what is resident before them
@@ -163,6 +184,8 @@ def _worker(
     }
     if backend == "torch":
         result.update(_torch_ops(run))
+    if kernels is not None:
+        result["kernels"] = kernels
     return result
 
 
@@ -295,6 +318,7 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "faulted_bytes",
             "ops",
             "syncs",
+            "kernels",
         ):
             vals = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.median(vals) if vals else None
@@ -320,6 +344,12 @@ def _is_peer(ours: str, peer: str) -> bool:
     if wanted is None:
         return peer not in _OURS and peer not in _PAIRED_ONLY
     return peer in wanted
+
+
+def _median_of(pairs: list[tuple[dict[str, Any], dict[str, Any]]], side: int, key: str) -> float | None:
+    """The median of a count over one side of the pairs, where that side measured it."""
+    vals = [pair[side][key] for pair in pairs if pair[side].get(key) is not None]
+    return statistics.median(vals) if vals else None
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -358,10 +388,10 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "memory_ratio": median_ratio("peak_bytes"),
                     "step_memory_ratio": median_ratio("step_peak_bytes"),
                     "device_memory_ratio": median_ratio("device_peak_bytes"),
-                    "ops": (statistics.median(a["ops"] for a, _ in pairs) if "ops" in pairs[0][0] else None),
-                    "peer_ops": (
-                        statistics.median(b["ops"] for _, b in pairs) if "ops" in pairs[0][1] else None
-                    ),
+                    "ops": _median_of(pairs, 0, "ops"),
+                    "peer_ops": _median_of(pairs, 1, "ops"),
+                    "kernels": _median_of(pairs, 0, "kernels"),
+                    "peer_kernels": _median_of(pairs, 1, "kernels"),
                 }
             )
     return out
@@ -390,7 +420,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"{'backend':8s} {'implementation':16s} {'size':12s} {'shape':>16s} {'median':>9s}"
         f" {'peak extra':>11s} {'step peak':>11s} {'device peak':>12s} {'faulted':>12s}"
-        f" {'ops':>6s} {'syncs':>5s}",
+        f" {'ops':>6s} {'syncs':>5s} {'kernels':>7s}",
     ]
     for r in report["results"]:
         shape = "x".join(str(d) for d in r["shape"])
@@ -405,9 +435,10 @@ def format_report(report: dict[str, Any]) -> str:
         flt = "-" if r.get("faulted_bytes") is None else f"{r['faulted_bytes'] / 2**20:8.0f} MiB"
         ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
         syncs = "-" if r.get("syncs") is None else f"{r['syncs']:.0f}"
+        kernels = "-" if r.get("kernels") is None else f"{r['kernels']:.0f}"
         lines.append(
             f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s} {r['time_s']:8.4f}s {peak:>11s}"
-            f" {step:>11s} {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s}"
+            f" {step:>11s} {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s} {kernels:>7s}"
         )
     if report["ratios"]:
         lines += ["", "ratios ls_xp / peer (median over the pairs of this run; < 1 is better):"]
@@ -421,6 +452,8 @@ def format_report(report: dict[str, Any]) -> str:
                 else f"  device memory {q['device_memory_ratio']:.2f}x"
             )
             ops = "" if q.get("ops") is None else f"  ops {q['ops']:.0f} vs {q['peer_ops']:.0f}"
+            if q.get("kernels") is not None and q.get("peer_kernels") is not None:
+                ops += f"  kernels {q['kernels']:.0f} vs {q['peer_kernels']:.0f}"
             ours = "" if q.get("ours", "ls_xp") == "ls_xp" else f"{q['ours']} "
             head = f"  {q['backend']:6s} {q['size']:12s} {ours}vs {q['peer']:14s}"
             lines.append(f"{head} time {q['time_ratio']:.2f}x  memory {mem}{dev}{ops}")
