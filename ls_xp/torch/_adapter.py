@@ -25,7 +25,7 @@ from ls_xp.torch._autograd import _LabelSmoothingCE, _LinearCE, refuse_weight_gr
 from ls_xp.torch._calls import Request, blocked, evaluate, evaluate_linear
 from ls_xp.torch._dtensor import is_dtensor
 from ls_xp.torch._ops import compiled_linear_loss
-from ls_xp.torch._traced_op import traced_loss
+from ls_xp.torch._traced import traced_loss
 
 Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
@@ -63,7 +63,7 @@ class TorchAdapter(Adapter):
         kl: bool,
     ) -> Any:
         """The loss (``(loss, aux)`` with ``opts.return_aux``): an autograd Function where an
-        input requires grad, the traced formula inside compilers (:mod:`ls_xp.torch._traced_op`),
+        input requires grad, the traced formula inside compilers (:mod:`ls_xp.torch._traced`),
         the compiled training step where ``LS_XP_COMPILE`` asks for it, else the core."""
         if is_dtensor(logits):  # sharded logits: the vocabulary-parallel loss (ls_xp.torch._dtensor)
             from ls_xp.torch._dtensor import dtensor_loss

@@ -243,7 +243,7 @@ def fused_loss(
     the eager Function runs instead.
 
     ``traced`` is the loss as the user's own ``torch.compile`` traces it
-    (:func:`ls_xp.torch._traced_op.traced_loss`), compiled here with its backward, which
+    (:func:`ls_xp.torch._traced.traced_loss`), compiled here with its backward, which
     AOTAutograd partitions as it does a compiled model's: the forward reads the logits and
     keeps per-row statistics, the backward reads them once more and writes the gradient,
     and no gradient is held between the two."""

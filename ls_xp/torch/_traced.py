@@ -4,9 +4,9 @@ The compiler sees the formula itself, so Inductor fuses the loss and its gradien
 the user's graph: the same core (:func:`ls_xp._evaluate.evaluate`) runs on the traced
 tensors as one block, without reading a value back (``check_values=False``), and the
 analytic backward is an ``autograd.Function`` that dynamo traces too. Under
-``torch.compile`` the commonest losses reach :class:`_TracedRecomputeCE` through one
-CompositeImplicitAutograd operator instead (:mod:`ls_xp.torch._traced_op`), which keeps
-the compiled graph cacheable.
+``torch.compile`` the commonest losses reach dynamo as one CompositeImplicitAutograd
+operator instead, which AOTAutograd decomposes into the same evaluation and Function and
+whose compiled graph its cache takes (:mod:`ls_xp.torch._traced_op` says why).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from ls_xp._validate import Options
+from ls_xp.torch import _traced_op
 from ls_xp.torch._autograd import broadcastable
 from ls_xp.torch._calls import Request, evaluate
+from ls_xp.torch._ops import _options
 
 Tensor = torch.Tensor
 
@@ -175,6 +177,41 @@ class _TracedRecomputeCE(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+def _loss(
+    logits: Tensor, target: Tensor, weight: Tensor | None, where: Tensor | None, smoothing: Any,
+    opts: Options, req: Request, grad: bool,
+) -> Tensor:  # fmt: skip
+    """The commonest losses: through the recomputing Function where the logits need a
+    gradient (``grad``), else one evaluation; ``req`` asks for the loss only."""
+    if grad:
+        out: Tensor = _TracedRecomputeCE.apply(logits, target, weight, where, smoothing, opts, req)
+        return out
+    res = evaluate(logits, target, smoothing, weight, where, opts, req)
+    assert res.loss is not None
+    return res.loss
+
+
+def _op_kernel(
+    logits: Tensor, target: Tensor, weight: Tensor | None, where: Tensor | None, eps: float,
+    reduction: str, ignore_index: int, axis: int, convention: str, log_probs: bool,
+    z_loss: float, softcap: float, shift: int, kl: bool, float_loss: bool,
+) -> Tensor:  # fmt: skip
+    """The operator's decomposition: :func:`_loss` of the options from their fields."""
+    opts = _options(reduction, ignore_index, axis, convention, log_probs, 0, 0, (z_loss, softcap, shift))
+    req = Request(kl=kl, inplace=False, loss_in_compute_dtype=float_loss)
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    return _loss(logits, target, weight, where, eps, opts, req, grad)
+
+
+_OP = _traced_op.define(
+    "label_smoothed_ce",
+    "(Tensor logits, Tensor target, Tensor? weight, Tensor? where, float eps, str reduction, "
+    "int ignore_index, int axis, str convention, bool log_probs, float z_loss, float softcap, "
+    "int shift, bool kl, bool float_loss) -> Tensor",
+    _op_kernel,
+)
+
+
 def traced_loss(
     logits: Tensor,
     target: Tensor,
@@ -186,22 +223,26 @@ def traced_loss(
     needs: tuple[bool, bool, bool],
     float_loss: bool,
 ) -> Tensor:
-    """The loss as code the compiler traces (under torch.compile / torch.export)."""
+    """The loss as code the compiler traces (under torch.compile / torch.export): the
+    operator where it applies, else the Functions."""
     if opts.return_aux:
         raise NotImplementedError(
             "ls_xp: return_aux=True is not supported inside torch.compile / torch.export"
         )
+    # only the logits may need a gradient, and the smoothing is a number: the commonest
+    # losses, one operator, chosen before anything else is built (dynamo traces all of it)
+    common = needs[1:] == (False, False) and not isinstance(smoothing, torch.Tensor)
+    if common and not opts.overwrite_logits and not torch.compiler.is_exporting():
+        return _OP(
+            logits, target, weight, where, float(smoothing), opts.reduction, opts.ignore_index,
+            opts.axis, opts.convention, opts.log_probs, opts.z_loss, opts.softcap or 0.0,
+            opts.shift, kl, float_loss,
+        )  # fmt: skip
     opts = _traced_options(opts)
     req = Request(
         kl=kl, grad=needs[0], target_grad=needs[1], smoothing_grad=needs[2],
         inplace=False, loss_in_compute_dtype=float_loss,
     )  # fmt: skip
-    if not any(needs):
-        res = evaluate(logits, target, smoothing, weight, where, opts, req)
-        assert res.loss is not None
-        return res.loss
-    if needs == (True, False, False) and not isinstance(smoothing, torch.Tensor):
-        return _TracedRecomputeCE.apply(
-            logits, target, weight, where, smoothing, opts, replace(req, grad=False)
-        )
+    if common or not any(needs):
+        return _loss(logits, target, weight, where, smoothing, opts, replace(req, grad=False), needs[0])
     return _TracedCE.apply(logits, target, weight, where, smoothing, opts, req)[0]
