@@ -34,7 +34,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ls_xp import _softcap
-from ls_xp._numeric import is_zero, log_plus_one, scale_shift, weighted, xlogx
+from ls_xp._numeric import astype, is_zero, log_plus_one, scale_shift, weighted, xlogx
 from ls_xp._picks import Picks, at, first_max, put_per_row, take_class, take_per_row
 from ls_xp._plan import device_of
 
@@ -75,9 +75,22 @@ def _log_softmax_parts(
     s sums exp(z) over every allowed class but the first maximum (``top``), so that
     -log p_y = log1p(s) - z_y stays accurate when it is tiny. Masked classes get z = -inf.
     Returns (z, e, s, top, where top lies, the row maxima); s, top and the maxima are
-    (n, 1) columns.
+    (n, 1) columns. With ``pk.by_value`` top is None and "where top lies" is the mask of
+    every maximum, z = 0: e is 0 on all of them, and as exp(0) = 1 exactly,
+
+        s = sum_{z_c < 0} exp(z_c) + (#{c : z_c = 0} - 1),
+
+    the same sum with no loop over K to find the first maximum's column. A row with a NaN
+    or +inf logit has a NaN maximum or z = NaN (inf - inf), so its s is NaN either way.
     """
     xm = x if mask is None else xp.where(mask, x, -math.inf)
+    if pk.by_value:
+        x_max = xp.max(xm, axis=-1, keepdims=True)
+        z = xm - x_max
+        tie = z == 0
+        e = xp.where(tie, 0.0, xp.exp(z))
+        ties = xp.sum(astype(xp, tie, z.dtype), axis=-1, keepdims=True)
+        return z, e, xp.sum(e, axis=-1, keepdims=True) + (ties - 1.0), None, tie, x_max
     if pk.dense:  # (first_max: the last column in a row of NaNs)
         x_max = xp.max(xm, axis=-1, keepdims=True)
         top = first_max(xp, xm, pk, x_max)
@@ -86,7 +99,9 @@ def _log_softmax_parts(
         x_max = take_per_row(xp, xm, pk, top)
     z = xm - x_max
     top_at = at(pk, top)
-    e = put_per_row(xp, xp.exp(z), top_at, 0.0, add=False, inplace=inplace)
+    # e is 0 at the top: max - max, which is NaN where the maximum is +inf (z there is
+    # inf - inf), so that such a row's s, loss and gradient are NaN, as by value
+    e = put_per_row(xp, xp.exp(z), top_at, x_max - x_max, add=False, inplace=inplace)
     s = xp.sum(e, axis=-1, keepdims=True)
     return z, e, s, top, top_at, x_max
 
@@ -222,8 +237,13 @@ def block(xp: ModuleType, sp: Spec, rows: BlockRows, pk: Picks) -> BlockOut:
         grad=g,
         z_row=None if not sp.z_loss or lse is None else z * (lse * lse),
         lse=lse,
-        hit=None if target is None or not sp.want_aux else xp.astype(ls.top == target, sp.dtype),
+        hit=None if target is None or not sp.want_aux else xp.astype(_top(xp, ls, pk) == target, sp.dtype),
     )
+
+
+def _top(xp: ModuleType, ls: _LogSoftmax, pk: Picks) -> Array:
+    """The first maximum's column, found here where the maxima were found by value."""
+    return ls.top if ls.top is not None else first_max(xp, ls.z, pk, 0.0)
 
 
 @dataclass(frozen=True)
@@ -236,10 +256,10 @@ class _LogSoftmax:
     z: Array
     z_is_ours: bool  # a fresh array that may be written in place
     l1: float | Array  # (n, 1)
-    e: Array | None = None  # exp(z), 0 at the first maximum
-    s: Array | None = None  # sum of e, (n, 1)
-    top: Array | None = None  # the first maximum's column index, (n, 1)
-    top_at: Any = None  # where it lies (_at)
+    e: Array | None = None  # exp(z), 0 at the first maximum (at every one, by value)
+    s: Array | None = None  # sum of e plus the ties, (n, 1)
+    top: Array | None = None  # the first maximum's column index, (n, 1); None by value
+    top_at: Any = None  # where it lies (_at), or the mask of every maximum (by value)
     x_max: Array | None = None  # (n, 1)
 
     @staticmethod
@@ -291,7 +311,8 @@ def _soft_block(
         else:
             assert ls.s is not None and ls.e is not None
             norm = 1.0 + ls.s
-            wq_top = take_per_row(xp, wq, pk, ls.top)
+            # (by value: the top entry's form holds at every maximum, elementwise)
+            wq_top = wq if ls.top is None else take_per_row(xp, wq, pk, ls.top)
             p_coef = q_w * r if z_coef is None else q_w * r + z_coef  # the coefficient of p
             top_val = ((q_w - wq_top) * r if z_coef is None else (q_w - wq_top) * r + z_coef) - p_coef * (
                 ls.s / norm
@@ -422,7 +443,8 @@ def _index_grad(
 
     With log-probabilities p drops out. At the first maximum p = 1 - s/(1+s), and
     Q - w q there in closed form (b (S_w - w_y) if it is y, else q_y w_y + b (S_w - w_y -
-    w_top)) keeps a confident, correct row exact.
+    w_top)) keeps a confident, correct row exact. Found by value, every maximum takes
+    that form (p = 1/(1+s) = 1 - s/(1+s) at each), elementwise, with no gather.
     """
     a, b, q_y, wy, s_w, others, q_w = c.a, c.b, c.q_y, c.wy, c.s_w, c.others, c.q_w
     r = factor  # per row, an array on this path
@@ -434,7 +456,7 @@ def _index_grad(
         base = xp.zeros(ls.z.shape, dtype=sp.dtype, device=device_of(ls.z))
         g = base if off is None else base - off
         return put_per_row(xp, g, y_at, neg_on, add=True, inplace=sp.inplace)
-    assert ls.s is not None and ls.top is not None
+    assert ls.s is not None
     q_w_r = r if cw is None else q_w * r  # (Q = 1 without weights)
     if z_coef is not None:  # the z-loss adds 2 z lse p_c: to the coefficient of p, and at the top
         q_w_r = q_w_r + z_coef
@@ -446,6 +468,8 @@ def _index_grad(
     if c.smoothing:
         if cw is None:
             cw_top: float | Array = 1.0
+        elif ls.top is None:  # every maximum, elementwise: (K,) or (n, K)
+            cw_top = cw
         elif cw.ndim == 1:
             cw_top = take_class(xp, cw, ls.top)
         else:
@@ -454,7 +478,7 @@ def _index_grad(
     else:
         at_y, elsewhere = 0.0, q_y * wy
     # r is an array here, so both values of where() are (no scalar to make an array of)
-    q_top_r = xp.where(ls.top == y, at_y * r, elsewhere * r)
+    q_top_r = xp.where(y_at if ls.top is None else ls.top == y, at_y * r, elsewhere * r)
     if z_coef is not None:
         q_top_r = q_top_r + z_coef
     top_val = q_top_r - scale * ls.s  # Q r (1 - s / (1 + s)) - q_top r, exactly

@@ -58,6 +58,10 @@ class Picks:
     # dense picks that still read by the index pair: PyTorch under its compiler, which
     # lowers the gather to one load per row where a masked sum is a comparison per entry
     gathers: bool = False
+    # the maxima found by value (every column with z = 0) rather than the first one's
+    # column: PyTorch under its compiler, where finding the column costs a loop over K
+    # in the forward kernel and again in the backward's (see _math._log_softmax_parts)
+    by_value: bool = False
 
 
 def at(pk: Picks, cols: Array) -> Any:
@@ -65,7 +69,7 @@ def at(pk: Picks, cols: Array) -> Any:
     return pk.classes == cols if pk.dense else (pk.rows, cols)
 
 
-def first_max(xp: ModuleType, a: Array, pk: Picks, a_max: Array | None = None) -> Array:
+def first_max(xp: ModuleType, a: Array, pk: Picks, a_max: float | Array | None = None) -> Array:
     """The column of each row's first maximum, an (n, 1) column (``a_max``: the row
     maxima, where the caller has them).
 

@@ -214,6 +214,10 @@ def test_nan_and_pos_inf_logits_give_nan_rows(xb):
     x = np.array([[0.0, np.nan, 1.0], [2.0, np.inf, 0.0], [1.0, 2.0, 3.0]])
     rows = xb.np(ls_xp.cross_entropy(xb.asarray(x), xb.asarray([0, 1, 2]), 0.1, reduction="none"))
     assert np.isnan(rows[0]) and np.isnan(rows[1]) and np.isfinite(rows[2])
+    # their gradient rows too (a row whose maximum is +inf once had a finite one)
+    for eps in (0.0, 0.1):
+        grad = xb.np(ls_xp.loss_and_grad(xb.asarray(x), xb.asarray([0, 1, 2]), eps)[1])
+        assert np.all(np.isnan(grad[:2])) and np.all(np.isfinite(grad[2])), (eps, grad)
     # an ignored row never contributes, whatever its logits
     ok = ls_xp.cross_entropy(xb.asarray(x), xb.asarray([-100, -100, 2]), 0.1)
     assert np.isfinite(xb.np(ok))
