@@ -438,7 +438,7 @@ def blocks(xp: ModuleType, sp: Spec, rw: _Rows, step: int, grad_buf: Array | Non
             part = part._replace(
                 x=astype(xp, part.x, dt), t=None if part.t is None else astype(xp, part.t, dt)
             )
-        picks = Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense, gathers, gathers)
+        picks = Picks(rows if n == rows.shape[0] else rows[:n, ...], classes, dense, gathers)
         b = _math.block(xp, sp, part, picks)
         if not fill:
             return b, None

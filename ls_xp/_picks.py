@@ -58,10 +58,14 @@ class Picks:
     # dense picks that still read by the index pair: PyTorch under its compiler, which
     # lowers the gather to one load per row where a masked sum is a comparison per entry
     gathers: bool = False
-    # the maxima found by value (every column with z = 0) rather than the first one's
-    # column: PyTorch under its compiler, where finding the column costs a loop over K
-    # in the forward kernel and again in the backward's (see _math._log_softmax_parts)
-    by_value: bool = False
+
+    @property
+    def by_value(self) -> bool:
+        """Whether the row maxima are found by value (every column with z = 0) rather than
+        as the first one's column: where the picks gather, PyTorch under its compiler,
+        finding the column costs a loop over K in the forward kernel and again in the
+        backward's (see :func:`ls_xp._math._log_softmax_parts`)."""
+        return self.gathers
 
 
 def at(pk: Picks, cols: Array) -> Any:
