@@ -92,3 +92,36 @@ def test_the_report_shows_the_kernels_of_both_sides():
     assert (r["kernels"], r["peer_kernels"]) == (2, 3)
     report = {"machine": "m", "settings": {}, "results": [], "ratios": [r]}
     assert "kernels 2 vs 3" in bench.format_report(report)
+
+
+def test_the_tensor_peak_is_the_most_bytes_one_call_holds_at_once():
+    """Allocations count up, frees count down, in time order; a block allocated before the
+    profile has no free event, so freeing an input does not lower the figure."""
+    torch = pytest.importorskip("torch")
+    from torch.profiler import ProfilerActivity, profile
+
+    from ls_xp._tools import bench_memory
+
+    before = torch.empty(1_000_000)  # 4 MB, allocated before the profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        a = torch.empty(2_000_000)  # 8 MB
+        b = torch.empty(3_000_000)  # 12 MB: 20 MB live
+        del a, before  # 12 MB live (the 4 MB freed is not seen)
+        c = torch.empty(500_000)  # 14 MB live
+        del b, c
+    assert bench_memory.tensor_peak_bytes(prof) == 20_000_000
+
+
+def test_the_compiled_step_holds_no_more_tensor_bytes_than_natives():
+    """The tensor peak of one compiled training step (after the warm-up): the logits and the
+    weight's gradient, on both sides, byte for byte. The resident peak of the bench can
+    differ from it by what glibc keeps of the freed gradients; this figure cannot."""
+    pytest.importorskip("torch")
+    peaks = {}
+    for impl in ("torch-compiled-ls_xp", "torch-compiled-native"):
+        step = workloads.setup("torch", impl, (512, 64, 4096), "float32", "cpu")
+        step()
+        peaks[impl] = bench._torch_profile(step, "cpu")["tensor_peak_bytes"]
+    logits, weight = 512 * 4096 * 4, 4096 * 64 * 4
+    assert peaks["torch-compiled-native"] >= logits + weight
+    assert peaks["torch-compiled-ls_xp"] <= peaks["torch-compiled-native"]

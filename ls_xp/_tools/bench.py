@@ -8,7 +8,9 @@ drift of a shared machine cancels. Reported per implementation: the median time,
 host memory beyond the inputs (peak RSS less the RSS before the first run, compilation
 included), the step's own peak (on Linux the peak RSS of the timed runs, ``VmHWM`` reset
 after the warm-up, less the RSS before them: what one call holds, without the compiler's
-memory), on a non-CPU
+memory), for PyTorch on the CPU the tensor peak (the most bytes one call allocates through
+PyTorch's allocator and holds at once, from the profiler's memory events: the figure the C
+allocator's reuse of freed pages cannot move, see :mod:`ls_xp._tools.bench_memory`), on a non-CPU
 device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
 JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage``'s minor
 page faults over the timed runs, times the page size: the fresh pages the kernel had to hand
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ls_xp._tools import bench_memory as memory
 from ls_xp._tools.workloads import (
     COMPILED_IMPLEMENTATIONS,
     DTYPES,
@@ -57,82 +60,21 @@ __all__ = ["DTYPES", "SIZES", "format_report", "measure", "parse_size", "plot", 
 SYNC_EVENT = "aten::_local_scalar_dense"
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Starts a new peak of resident memory (Linux: ``/proc/self/clear_refs``); False where
-    that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_since_reset() -> int:
-    """The peak resident memory since :func:`_reset_peak_rss` (``VmHWM``)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-def _rss_bytes() -> int:
-    """Current resident memory; ``ru_maxrss`` where /proc is missing (an upper bound)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return _peak_rss_bytes()
-
-
-class _DeviceMemory:
-    """Peak device memory beyond what existed before the first run (non-CPU devices)."""
-
-    def __init__(self, backend: str, device: str) -> None:
-        self.backend, self.device, self.base = backend, device, 0
-        if device == "cpu":
-            return
-        if backend == "torch":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        elif backend == "jax":
-            self.base = self._jax_stats().get("bytes_in_use", 0)
-
-    def _jax_stats(self) -> dict[str, int]:
-        import jax
-
-        return jax.devices(self.device)[0].memory_stats() or {}
-
-    def peak(self) -> int | None:
-        if self.device == "cpu":
-            return None
-        if self.backend == "torch":
-            import torch
-
-            return int(torch.cuda.max_memory_allocated() - self.base)
-        if self.backend == "jax":
-            return int(self._jax_stats().get("peak_bytes_in_use", 0) - self.base)
-        return None
-
-
-def _torch_ops(run: Callable[[], Any]) -> dict[str, int]:
-    """Top-level aten operations and host syncs of one call (after the warm-up)."""
+def _torch_profile(run: Callable[[], Any], device: str) -> dict[str, int | None]:
+    """Top-level aten operations and host syncs of one call (after the warm-up), and on the
+    CPU the peak of the tensor bytes it allocates and holds at once."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=device == "cpu") as prof:
         run()
     events = [e for e in prof.events() or [] if e.name.startswith("aten::")]
     top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    return {"ops": len(top), "syncs": sum(e.name == SYNC_EVENT for e in events)}
+    tensor_peak = memory.tensor_peak_bytes(prof) if device == "cpu" else None
+    return {
+        "ops": len(top),
+        "syncs": sum(e.name == SYNC_EVENT for e in events),
+        "tensor_peak_bytes": tensor_peak,
+    }
 
 
 # a kernel Inductor generates: a line of its output code that compiles one (C++, Triton)
@@ -153,8 +95,8 @@ def _worker(
     backend: str, impl: str, dims: tuple[int, ...], repeats: int, dtype: str, device: str
 ) -> dict[str, Any]:
     run = setup(backend, impl, tuple(dims), dtype, device)
-    baseline = _rss_bytes()  # the inputs exist; nothing has run yet
-    device_memory = _DeviceMemory(backend, device)
+    baseline = memory.rss_bytes()  # the inputs exist; nothing has run yet
+    device_memory = memory.DeviceMemory(backend, device)
     # warm-up: compilation, first-touch allocations (counted in the peak)
     kernels = None
     if impl.startswith("torch-compiled-"):
@@ -162,9 +104,9 @@ def _worker(
     else:
         out = run()
     del out
-    peak = _peak_rss_bytes()
+    peak = memory.peak_rss_bytes()
     # the step's own peak: over the timed calls, above what is resident before them
-    resident = _rss_bytes() if _reset_peak_rss() else None
+    resident = memory.rss_bytes() if memory.reset_peak_rss() else None
     times = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
@@ -176,14 +118,14 @@ def _worker(
     result: dict[str, Any] = {
         "time_s": statistics.median(times),
         "times_s": times,
-        "peak_bytes": max(0, max(peak, _peak_rss_bytes()) - baseline),
-        "step_peak_bytes": None if resident is None else max(0, _peak_rss_since_reset() - resident),
+        "peak_bytes": max(0, max(peak, memory.peak_rss_bytes()) - baseline),
+        "step_peak_bytes": None if resident is None else max(0, memory.peak_rss_since_reset() - resident),
         "device_peak_bytes": device_memory.peak(),
         # pages first touched per call (timing included them); ``repeats`` >= 1
         "faulted_bytes": faults * resource.getpagesize() // max(repeats, 1),
     }
     if backend == "torch":
-        result.update(_torch_ops(run))
+        result.update(_torch_profile(run, device))
     if kernels is not None:
         result["kernels"] = kernels
     return result
@@ -315,6 +257,7 @@ def _combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "peak_bytes",
             "step_peak_bytes",
             "device_peak_bytes",
+            "tensor_peak_bytes",
             "faulted_bytes",
             "ops",
             "syncs",
@@ -388,6 +331,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "memory_ratio": median_ratio("peak_bytes"),
                     "step_memory_ratio": median_ratio("step_peak_bytes"),
                     "device_memory_ratio": median_ratio("device_peak_bytes"),
+                    "tensor_memory_ratio": median_ratio("tensor_peak_bytes"),
                     "ops": _median_of(pairs, 0, "ops"),
                     "peer_ops": _median_of(pairs, 1, "ops"),
                     "kernels": _median_of(pairs, 0, "kernels"),
@@ -419,7 +363,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"median of {st.get('repeats', '?')} runs each" + (", one core kept busy" if st.get("busy") else ""),
         "",
         f"{'backend':8s} {'implementation':16s} {'size':12s} {'shape':>16s} {'median':>9s}"
-        f" {'peak extra':>11s} {'step peak':>11s} {'device peak':>12s} {'faulted':>12s}"
+        f" {'peak extra':>11s} {'step peak':>11s} {'tensor peak':>12s} {'device peak':>12s} {'faulted':>12s}"
         f" {'ops':>6s} {'syncs':>5s} {'kernels':>7s}",
     ]
     for r in report["results"]:
@@ -431,6 +375,7 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:8.0f} MiB"
         step = "-" if r.get("step_peak_bytes") is None else f"{r['step_peak_bytes'] / 2**20:8.0f} MiB"
+        tensors = "-" if r.get("tensor_peak_bytes") is None else f"{r['tensor_peak_bytes'] / 2**20:8.0f} MiB"
         dev = "-" if r.get("device_peak_bytes") is None else f"{r['device_peak_bytes'] / 2**20:8.0f} MiB"
         flt = "-" if r.get("faulted_bytes") is None else f"{r['faulted_bytes'] / 2**20:8.0f} MiB"
         ops = "-" if r.get("ops") is None else f"{r['ops']:.0f}"
@@ -438,7 +383,7 @@ def format_report(report: dict[str, Any]) -> str:
         kernels = "-" if r.get("kernels") is None else f"{r['kernels']:.0f}"
         lines.append(
             f"{r['backend']:8s} {r['impl']:16s} {r['size']:12s} {shape:>16s} {r['time_s']:8.4f}s {peak:>11s}"
-            f" {step:>11s} {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s} {kernels:>7s}"
+            f" {step:>11s} {tensors:>12s} {dev:>12s} {flt:>12s} {ops:>6s} {syncs:>5s} {kernels:>7s}"
         )
     if report["ratios"]:
         lines += ["", "ratios ls_xp / peer (median over the pairs of this run; < 1 is better):"]
@@ -446,6 +391,8 @@ def format_report(report: dict[str, Any]) -> str:
             mem = "-" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}x"
             if q.get("step_memory_ratio") is not None:
                 mem += f"  step memory {q['step_memory_ratio']:.2f}x"
+            if q.get("tensor_memory_ratio") is not None:
+                mem += f"  tensor memory {q['tensor_memory_ratio']:.2f}x"
             dev = (
                 ""
                 if q.get("device_memory_ratio") is None
