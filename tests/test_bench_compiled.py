@@ -94,21 +94,35 @@ def test_the_report_shows_the_kernels_of_both_sides():
     assert "kernels 2 vs 3" in bench.format_report(report)
 
 
-def test_the_tensor_peak_is_the_most_bytes_one_call_holds_at_once():
-    """Allocations count up, frees count down, in time order; a block allocated before the
-    profile has no free event, so freeing an input does not lower the figure."""
+def test_the_tensor_peak_is_the_largest_rise_of_the_bytes_alive():
+    """Allocations count up, frees count down, in time order; the figure is the largest
+    rise above an earlier point. A block allocated before any profile has no free event;
+    one whose size an earlier profile saw has one, and freeing it first changes nothing."""
     torch = pytest.importorskip("torch")
     from torch.profiler import ProfilerActivity, profile
 
     from ls_xp._tools import bench_memory
 
-    before = torch.empty(1_000_000)  # 4 MB, allocated before the profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    def call(before: list) -> None:
         a = torch.empty(2_000_000)  # 8 MB
-        b = torch.empty(3_000_000)  # 12 MB: 20 MB live
-        del a, before  # 12 MB live (the 4 MB freed is not seen)
-        c = torch.empty(500_000)  # 14 MB live
+        before.clear()  # 4 MB freed: seen or not, it precedes the rise
+        b = torch.empty(3_000_000)  # 12 MB: 20 MB above the lowest point
+        del a
+        c = torch.empty(500_000)  # 14 MB
         del b, c
+
+    unseen = [torch.empty(1_000_000)]  # allocated before any profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as first:
+        seen = [torch.empty(1_000_000)]  # its size is known to the profiler from here on
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call(unseen)
+    assert bench_memory.tensor_peak_bytes(first) == 4_000_000
+    assert bench_memory.tensor_peak_bytes(prof) == 20_000_000
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        seen.clear()  # a free the profiler reports: the sum goes to -4 MB first
+        call([])
+    frees = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    assert frees[0] == -4_000_000  # the case is the one meant: the sum starts below zero
     assert bench_memory.tensor_peak_bytes(prof) == 20_000_000
 
 

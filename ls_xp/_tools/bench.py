@@ -8,8 +8,8 @@ drift of a shared machine cancels. Reported per implementation: the median time,
 host memory beyond the inputs (peak RSS less the RSS before the first run, compilation
 included), the step's own peak (on Linux the peak RSS of the timed runs, ``VmHWM`` reset
 after the warm-up, less the RSS before them: what one call holds, without the compiler's
-memory), for PyTorch on the CPU the tensor peak (the most bytes one call allocates through
-PyTorch's allocator and holds at once, from the profiler's memory events: the figure the C
+memory), for PyTorch on the CPU the tensor peak (the largest rise, during one call, of the
+bytes alive in PyTorch's allocator, from the profiler's memory events: a figure the C
 allocator's reuse of freed pages cannot move, see :mod:`ls_xp._tools.bench_memory`), on a non-CPU
 device the peak device memory beyond the inputs (``torch.cuda.max_memory_allocated``,
 JAX's ``memory_stats``), the host memory faulted in per timed call (``getrusage``'s minor
@@ -62,7 +62,7 @@ SYNC_EVENT = "aten::_local_scalar_dense"
 
 def _torch_profile(run: Callable[[], Any], device: str) -> dict[str, int | None]:
     """Top-level aten operations and host syncs of one call (after the warm-up), and on the
-    CPU the peak of the tensor bytes it allocates and holds at once."""
+    CPU the largest rise of the tensor bytes alive during it."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=device == "cpu") as prof:

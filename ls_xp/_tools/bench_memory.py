@@ -5,8 +5,8 @@
   the C allocator keeps resident after a free: glibc keeps a freed block of a few tens of
   MiB in its heap, and whether the next block of that size reuses it depends on the whole
   history of the process.
-- PyTorch tensors on the CPU: the peak of the bytes that one call allocates through
-  PyTorch's allocator and holds at once, from the profiler's memory events. It does not see
+- PyTorch tensors on the CPU: the largest rise, during one call, of the bytes alive in
+  PyTorch's allocator, from the profiler's memory events. It does not see
   the C allocator at all, so it is the same number in every process that runs the same
   graph: the host's analogue of ``torch.cuda.max_memory_allocated``.
 - Devices: ``torch.cuda.max_memory_allocated`` and JAX's ``memory_stats``.
@@ -56,25 +56,27 @@ def rss_bytes() -> int:
 
 
 def tensor_peak_bytes(prof: Any) -> int | None:
-    """The peak of the CPU tensor bytes allocated during a profile and live at once.
+    """The most the CPU tensor bytes alive rise during a profile, above any earlier point.
 
     ``prof`` is a finished ``torch.profiler.profile(profile_memory=True)``. Its memory
     events are the allocations (+bytes) and frees (-bytes) of PyTorch's CPU allocator in
-    time order; the running sum's maximum is the peak. A block allocated before the profile
-    began has no free event (the profiler does not know its size), so what the call frees
-    of its inputs never lowers the figure: it is the call's own allocations at their
-    fullest. None where this PyTorch has no such events.
+    time order; the figure is the largest rise of their running sum. The profiler reports
+    the free of a block allocated before it began only where it knew the block's size (an
+    earlier profile in the same process); taking the rise from the lowest point before the
+    peak, not from zero, makes such a free at the start of the call change nothing. None
+    where this PyTorch has no such events.
     """
     try:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         cpu = [(e.start_ns(), e.nbytes()) for e in events if str(e.device_type()).endswith("CPU")]
     except AttributeError:
         return None
-    live = peak = 0
+    live = lowest = rise = 0
     for _, nbytes in sorted(cpu, key=lambda change: change[0]):  # stable: ties keep their order
         live += nbytes
-        peak = max(peak, live)
-    return peak
+        lowest = min(lowest, live)
+        rise = max(rise, live - lowest)
+    return rise
 
 
 class DeviceMemory:
